@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Make sure the system services the tests talk to are installed and running.
+# As root it installs what is missing (Debian packages); it starts PostgreSQL when it is installed but down.
+set -euo pipefail
+
+PG_URL_HOST=${MAILGATE_TEST_PG_HOST:-127.0.0.1}
+PG_PORT=${MAILGATE_TEST_PG_PORT:-5432}
+
+have() { command -v "$1" >/dev/null 2>&1; }
+as_root() { [ "$(id -u)" -eq 0 ]; }
+
+apt_updated=0
+apt_install() {
+  if ! as_root; then
+    echo "ensure-services: '$*' missing and not root: install it (apt-get install $*)" >&2
+    return 1
+  fi
+  if [ "$apt_updated" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+pg_ready() { pg_isready -q -h "$PG_URL_HOST" -p "$PG_PORT" 2>/dev/null; }
+
+fresh_pg=0
+if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+  echo "ensure-services: installing PostgreSQL"
+  apt_install postgresql postgresql-client
+  fresh_pg=1
+fi
+
+if ! pg_ready; then
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  echo "ensure-services: starting PostgreSQL $version"
+  if as_root; then
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  else
+    pg_ctlcluster "$version" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_ready && break; sleep 1; done
+fi
+
+if [ "$fresh_pg" -eq 1 ] && as_root; then
+  # a cluster we just installed: let the tests connect over loopback without a password
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  hba=/etc/postgresql/$version/main/pg_hba.conf
+  if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+  fi
+fi
+
+if pg_ready; then
+  echo "ensure-services: PostgreSQL ready on $PG_URL_HOST:$PG_PORT"
+else
+  echo "ensure-services: PostgreSQL is not reachable on $PG_URL_HOST:$PG_PORT" >&2
+  [ "${CI:-}" = "true" ] && exit 1
+fi

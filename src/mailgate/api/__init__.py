@@ -1,0 +1,1 @@
+"""The REST API: translates HTTP to service calls and back, nothing more."""

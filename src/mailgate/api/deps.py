@@ -1,0 +1,41 @@
+"""What routes receive: the service facade and the authenticated principal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from mailgate.admin.service import AdminService
+from mailgate.domain.errors import AuthenticationFailed
+from mailgate.domain.tenancy import Principal
+from mailgate.observability.logging import request_id_var
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mg_...`")
+
+
+def admin_service(request: Request) -> AdminService:
+    service: AdminService = request.app.state.admin
+    return service
+
+
+async def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    admin: Annotated[AdminService, Depends(admin_service)],
+) -> Principal:
+    if credentials is None:
+        raise AuthenticationFailed("an API key is required: Authorization: Bearer <key>")
+    who = await admin.authenticate(credentials.credentials)
+    request.state.principal = who
+    return who
+
+
+def request_id() -> str | None:
+    return request_id_var.get()
+
+
+Admin = Annotated[AdminService, Depends(admin_service)]
+Caller = Annotated[Principal, Depends(principal)]
+RequestId = Annotated[str | None, Depends(request_id)]

@@ -1,0 +1,203 @@
+"""Wiring: settings -> store -> keyring -> services, and the roles a node runs.
+
+Everything is built here once; no other module constructs services, so a test can build a Gateway on
+any data dir or database and get exactly what ``mailgate serve`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from mailgate import __version__
+from mailgate.admin.service import AdminService
+from mailgate.api.app import create_app
+from mailgate.config import Settings, parse_hostport
+from mailgate.domain.errors import ConfigurationError
+from mailgate.observability.logging import get_logger
+from mailgate.observability.metrics import BUILD_INFO, ROLE_UP
+from mailgate.security.masterkeys import load_master_keys
+from mailgate.security.tls import TlsMaterial, ensure_tls
+from mailgate.store.blobs import BlobStore
+from mailgate.store.database import Database
+from mailgate.store.keyring import Keyring
+
+log = get_logger("mailgate")
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    db: Database
+    keyring: Keyring
+    blobs: BlobStore
+    admin: AdminService
+    tls: TlsMaterial
+
+    @classmethod
+    async def open(cls, settings: Settings, *, migrate: bool | None = None) -> Gateway:
+        """Open the store (migrating it unless told not to) and build every service."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(
+            settings.database_url,
+            pool_size=settings.database.pool_size,
+            busy_timeout_ms=settings.database.busy_timeout_ms,
+        )
+        try:
+            if settings.database.migrate_on_start if migrate is None else migrate:
+                await db.upgrade()
+            elif not await db.is_current():
+                raise ConfigurationError("database schema is not current: run `mailgate db upgrade`")
+            secret = settings.master_key.get_secret_value() if settings.master_key else None
+            masters, key_file = load_master_keys(secret, settings.data_dir)
+            keyring = Keyring(db, masters, key_file)
+            await keyring.load()
+        except BaseException:
+            await db.dispose()
+            raise
+        location = settings.blobs.backend
+        if location == "auto":
+            location = "file" if db.dialect == "sqlite" else "database"
+        blobs = BlobStore(db, keyring, location, settings.data_dir / "blobs")
+        tls = ensure_tls(settings.data_dir, settings.tls.cert_file, settings.tls.key_file, settings.tls.hostname)
+        return cls(settings, db, keyring, blobs, AdminService(db, keyring), tls)
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+Role = Callable[[Gateway, asyncio.Event], Awaitable[None]]
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: the node, not uvicorn, owns the signal handlers."""
+
+    def capture_signals(self) -> Any:
+        return nullcontext()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def run_api(gw: Gateway, stop: asyncio.Event) -> None:
+    settings = gw.settings
+    host, port = parse_hostport(settings.http.listen)
+    use_tls = settings.http.tls == "on" or (settings.http.tls == "auto" and not _is_loopback(host))
+    sock = _bind(host, port)
+    app = create_app(db=gw.db, admin=gw.admin, max_wait=settings.events.max_wait)
+    tls_args: dict[str, Any] = (
+        {"ssl_certfile": str(gw.tls.cert_file), "ssl_keyfile": str(gw.tls.key_file)} if use_tls else {}
+    )
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.server.shutdown_timeout),
+        **tls_args,
+    )
+    server = _EmbeddedUvicorn(config)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = settings.http.public_url or f"{'https' if use_tls else 'http'}://{shown_host}:{sock.getsockname()[1]}"
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    print(f"mailgate API: {url}  (docs: {url}/docs)", flush=True)
+    log.info("api listening", url=url, tls=use_tls)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopper.cancel()
+    await task
+
+
+ROLES: dict[str, Role] = {"api": run_api}
+
+
+def resolve_roles(requested: list[str]) -> list[str]:
+    names = [r.strip().lower() for r in requested if r.strip()]
+    if not names or "all" in names:
+        return list(ROLES)
+    unknown = [r for r in names if r not in ROLES]
+    if unknown:
+        raise ConfigurationError(f"unknown role(s) {', '.join(unknown)}; known: all, {', '.join(ROLES)}")
+    return list(dict.fromkeys(names))
+
+
+async def serve(settings: Settings, roles: list[str]) -> None:
+    """Run the node until SIGTERM/SIGINT, then stop every role gracefully."""
+    names = resolve_roles(roles)
+    gw = await Gateway.open(settings)
+    try:
+        BUILD_INFO.labels(__version__).set(1)
+        log.info(
+            "tls certificate", file=str(gw.tls.cert_file), fingerprint=gw.tls.fingerprint, generated=gw.tls.generated
+        )
+        token = await gw.admin.bootstrap_admin_key()
+        if token:
+            print(f"admin API key: {token}", flush=True)
+            print("  (shown once; it is stored hashed. Keep it safe.)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = {asyncio.ensure_future(ROLES[name](gw, stop)) for name in names}
+        for name in names:
+            ROLE_UP.labels(name).set(1)
+        log.info("node started", roles=names, database=gw.db.dialect, version=__version__)
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({*tasks, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not waiter and t.exception() is not None]
+        stop.set()
+        log.info("stopping", reason="role failed" if failed else "signal")
+        _, pending = await asyncio.wait(tasks, timeout=settings.server.shutdown_timeout)
+        for late in pending:
+            late.cancel()
+        for name in names:
+            ROLE_UP.labels(name).set(0)
+        for role_task in failed:
+            exc = role_task.exception()
+            assert exc is not None
+            raise exc
+    finally:
+        await gw.close()
+    log.info("stopped")
+
+
+def run_serve(settings: Settings, roles: list[str]) -> None:
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if sys.platform != "win32":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(settings, roles))

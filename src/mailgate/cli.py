@@ -1,0 +1,296 @@
+"""The ``mailgate`` command.
+
+Every command that changes state goes through the same services as the API, as the principal
+``cli:<user>`` with admin rights, so it is audited like an API call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mailgate.app import Gateway, run_serve
+from mailgate.config import Settings, load_settings, masked_dump
+from mailgate.domain.errors import ConfigurationError, MailgateError
+from mailgate.domain.tenancy import Principal, Scope
+from mailgate.observability.logging import configure_logging
+from mailgate.store.database import Database
+
+T = TypeVar("T")
+app = typer.Typer(
+    help="mailgate: a self-hosted email gateway.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants.", no_args_is_help=True)
+apikeys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
+for sub, name in (
+    (config_app, "config"),
+    (db_app, "db"),
+    (tenants_app, "tenants"),
+    (apikeys_app, "apikeys"),
+    (audit_app, "audit"),
+    (keys_app, "keys"),
+):
+    app.add_typer(sub, name=name)
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _settings(ctx: typer.Context, **overrides: Any) -> Settings:
+    base: dict[str, Any] = ctx.obj or {}
+    merged = dict(base.get("overrides", {}))
+    for key, value in overrides.items():
+        merged.setdefault(key, {}).update(value) if isinstance(value, dict) else merged.__setitem__(key, value)
+    settings = load_settings(base.get("config"), merged)
+    configure_logging(settings.log_format, settings.log_level if base.get("verbose") else "warning")
+    return settings
+
+
+def _cli_principal() -> Principal:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Principal(actor=f"cli:{user}", tenant_id=None, scopes=frozenset({Scope.ADMIN}))
+
+
+def _run(settings: Settings, work: Callable[[Gateway], Awaitable[T]]) -> T:
+    async def main() -> T:
+        gw = await Gateway.open(settings)
+        try:
+            return await work(gw)
+        finally:
+            await gw.close()
+
+    return asyncio.run(main())
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file (default ./mailgate.toml).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Data dir (env MAILGATE_DATA_DIR).")] = None,
+    log_format: Annotated[str | None, typer.Option("--log-format", help="json or text.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at the configured level in commands.")] = False,
+) -> None:
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = str(data_dir)
+    if log_format is not None:
+        overrides["log_format"] = log_format
+    ctx.obj = {"config": config, "overrides": overrides, "verbose": verbose}
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    http: Annotated[str | None, typer.Option("--http", help="API address HOST:PORT (default 127.0.0.1:8025).")] = None,
+    roles: Annotated[str | None, typer.Option("--roles", help="Comma-separated roles (default: all).")] = None,
+) -> None:
+    """Run the gateway: every role in one process unless --roles narrows it."""
+    overrides: dict[str, Any] = {}
+    if http is not None:
+        overrides["http"] = {"listen": http}
+    if roles is not None:
+        overrides["server"] = {"roles": roles}
+    settings = _settings(ctx, **overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    run_serve(settings, settings.server.roles)
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """Print the effective configuration (file + environment + flags), secrets masked."""
+    out.print_json(json.dumps(masked_dump(_settings(ctx))))
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Apply pending migrations."""
+    settings = _settings(ctx)
+
+    async def work() -> tuple[str | None, str | None]:
+        db = Database(settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms)
+        try:
+            before, _ = await db.revisions()
+            await db.upgrade()
+            return before, (await db.revisions())[0]
+        finally:
+            await db.dispose()
+
+    before, after = asyncio.run(work())
+    if before != after:
+        _run(
+            settings,
+            lambda gw: gw.admin.record(
+                _cli_principal(),
+                "db.upgrade",
+                object_type="schema",
+                object_id=after,
+                details={"from": before, "to": after},
+            ),
+        )
+    print(f"database schema at {after}" + ("" if before != after else " (already current)"))
+
+
+@db_app.command("check")
+def db_check(ctx: typer.Context) -> None:
+    """Exit 0 when the schema is current, 1 when migrations are pending."""
+    settings = _settings(ctx)
+
+    async def work() -> tuple[str | None, str | None]:
+        db = Database(settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms)
+        try:
+            return await db.revisions()
+        finally:
+            await db.dispose()
+
+    current, head = asyncio.run(work())
+    if current == head:
+        print(f"database schema is current ({head})")
+        return
+    print(f"database schema at {current or 'nothing'}, code needs {head}: run `mailgate db upgrade`")
+    raise typer.Exit(1)
+
+
+@tenants_app.command("create")
+def tenants_create(ctx: typer.Context, name: str) -> None:
+    """Create a tenant; prints its id as the last line."""
+    tenant = _run(_settings(ctx), lambda gw: gw.admin.create_tenant(_cli_principal(), name))
+    err.print(f"created tenant {tenant.name}")
+    print(tenant.id)
+
+
+@tenants_app.command("list")
+def tenants_list(ctx: typer.Context) -> None:
+    """List tenants."""
+    items = _run(_settings(ctx), lambda gw: gw.admin.list_tenants(_cli_principal(), after=None, limit=500))
+    table = Table("id", "name", "created")
+    for t in items:
+        table.add_row(t.id, t.name, t.created_at.isoformat(timespec="seconds"))
+    out.print(table)
+
+
+@apikeys_app.command("create")
+def apikeys_create(
+    ctx: typer.Context,
+    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated: read,send,manage,admin.")],
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Tenant name or id (omit for an admin key).")] = None,
+    name: Annotated[str, typer.Option("--name", help="A label for the key.")] = "",
+) -> None:
+    """Create an API key; prints the key (shown once) as the last line."""
+    try:
+        wanted = Scope.parse_list(scopes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scopes") from None
+    key, token = _run(
+        _settings(ctx), lambda gw: gw.admin.create_key(_cli_principal(), tenant=tenant, scopes=wanted, name=name)
+    )
+    err.print(f"created key {key.id} ({','.join(sorted(key.scopes))}); it is shown once:")
+    print(token)
+
+
+@apikeys_app.command("list")
+def apikeys_list(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's keys.")] = None,
+) -> None:
+    """List API keys (never their secrets)."""
+    items = _run(_settings(ctx), lambda gw: gw.admin.list_keys(_cli_principal(), tenant=tenant, after=None, limit=500))
+    table = Table("id", "tenant", "name", "scopes", "created", "state")
+    for k in items:
+        table.add_row(
+            k.id,
+            k.tenant_id or "-",
+            k.name,
+            ",".join(sorted(k.scopes)),
+            k.created_at.isoformat(timespec="seconds"),
+            "active" if k.active else "revoked",
+        )
+    out.print(table)
+
+
+@apikeys_app.command("revoke")
+def apikeys_revoke(ctx: typer.Context, key_id: str) -> None:
+    """Revoke a key: it stops working at once."""
+    key = _run(_settings(ctx), lambda gw: gw.admin.revoke_key(_cli_principal(), key_id))
+    print(f"revoked {key.id}")
+
+
+@audit_app.command("verify")
+def audit_verify(ctx: typer.Context) -> None:
+    """Walk the audit chain; exit 1 naming the first broken entry."""
+
+    async def work(gw: Gateway) -> Any:
+        total = await gw.admin.audit_size()
+        with Progress(
+            TextColumn("verifying audit chain"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("verify", total=total)
+            return await gw.admin.verify_audit(lambda n: bar.update(task, completed=n))
+
+    result = _run(_settings(ctx), work)
+    if result.ok:
+        print(f"audit chain intact: {result.checked} entries verified")
+        return
+    print(
+        f"audit chain BROKEN at entry {result.broken_seq}: {result.reason} "
+        f"({result.checked} entries before it verified)"
+    )
+    raise typer.Exit(1)
+
+
+@keys_app.command("rotate")
+def keys_rotate(ctx: typer.Context) -> None:
+    """Make a new master key active and re-wrap every data key under it; old data stays readable."""
+
+    async def work(gw: Gateway) -> Any:
+        result = await gw.keyring.rotate()
+        await gw.admin.record(
+            _cli_principal(),
+            "keys.rotate",
+            object_type="master_key",
+            object_id=result.master_kid,
+            details={"rewrapped": result.rewrapped, "data_key": result.data_key_id},
+        )
+        return result
+
+    result = _run(_settings(ctx), work)
+    print(
+        f"master key {result.master_kid} active; {result.rewrapped} data keys re-wrapped; "
+        f"new data key {result.data_key_id}"
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigurationError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+        sys.exit(2)
+    except MailgateError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,234 @@
+"""Settings: one TOML file plus ``MAILGATE_*`` environment variables, read once into a frozen object.
+
+Every leaf option ``section.name`` can be set by ``MAILGATE_SECTION_NAME`` (top-level options by
+``MAILGATE_NAME``); the environment wins over the file, command-line flags win over both. Errors name
+the offending key the way the user wrote it, so a typo in the file or a bad variable is found at once.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from mailgate.domain.errors import ConfigurationError
+
+ENV_PREFIX = "MAILGATE_"
+DEFAULT_CONFIG_FILE = Path("mailgate.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[v6]:PORT``; a bare host takes ``default_port``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or "]" in port:
+        if default_port is None:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        host, port = value, str(default_port)
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"{value!r} has no host")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"{value!r} has a non-numeric port") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{value!r}: port out of range")
+    return host, number
+
+
+class HttpSettings(_Section):
+    listen: str = Field("127.0.0.1:8025", description="Address of the HTTP API (HOST:PORT).")
+    tls: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="TLS on the API listener: `auto` serves TLS unless it binds a loopback address.",
+    )
+    public_url: str | None = Field(
+        None, description="URL clients use to reach the API, when behind a proxy (printed at start)."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+
+class DatabaseSettings(_Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Unset: SQLite file `mailgate.db` in the data dir. "
+        "`postgresql://user@host/db` selects PostgreSQL (asyncpg).",
+    )
+    pool_size: int = Field(10, ge=1, le=200, description="Connections per node (PostgreSQL).")
+    busy_timeout_ms: int = Field(30000, ge=0, description="How long SQLite waits for a lock before failing a write.")
+    migrate_on_start: bool = Field(True, description="Apply pending migrations when a node starts.")
+
+
+class BlobSettings(_Section):
+    backend: Literal["auto", "file", "database"] = Field(
+        "auto",
+        description="Where encrypted blobs live: `file` (data dir), `database` (shared by all nodes); "
+        "`auto` picks `file` on SQLite and `database` on PostgreSQL.",
+    )
+
+
+class TlsSettings(_Section):
+    cert_file: Path | None = Field(
+        None, description="PEM certificate chain for every TLS listener. Unset: self-signed, generated."
+    )
+    key_file: Path | None = Field(None, description="PEM private key matching `cert_file`.")
+    hostname: str = Field("localhost", description="Name put in the generated certificate.")
+
+
+class ServerSettings(_Section):
+    roles: list[str] = Field(
+        default_factory=lambda: ["all"],
+        description="Roles this node runs (`api`, ... or `all`); `--roles` overrides.",
+    )
+    shutdown_timeout: float = Field(
+        20.0, gt=0, description="Seconds a SIGTERM waits for in-flight work before stopping."
+    )
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [r.strip() for r in value.split(",") if r.strip()]
+        return value
+
+
+class EventSettings(_Section):
+    max_wait: float = Field(60.0, ge=0, le=300, description="Longest `wait=` a long-poll may ask for.")
+
+
+class Settings(_Section):
+    data_dir: Path = Field(Path("data"), description="Where the SQLite file, blobs, keys and certificates live.")
+    master_key: SecretStr | None = Field(
+        None,
+        description="Master key(s), base64 of 32 bytes, comma-separated, the first one active. "
+        "Unset: read from (or generated into) `master.key` in the data dir.",
+    )
+    log_format: Literal["json", "text"] = Field("json", description="`json` lines, or `text` for humans.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
+    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)  # type: ignore[arg-type]
+    blobs: BlobSettings = Field(default_factory=BlobSettings)  # type: ignore[arg-type]
+    tls: TlsSettings = Field(default_factory=TlsSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    events: EventSettings = Field(default_factory=EventSettings)  # type: ignore[arg-type]
+
+    @property
+    def database_url(self) -> str:
+        """The async SQLAlchemy URL, with the driver filled in."""
+        url = self.database.url or f"sqlite:///{(self.data_dir / 'mailgate.db').resolve()}"
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def iter_options(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every leaf option as (dotted key, field info): used for env lookup and the docs."""
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from iter_options(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", info
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, _info in iter_options():
+        value = environ.get(env_name(key))
+        if value is None:
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, env_keys: set[str]) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        where = f"{key} (from {env_name(key)})" if key in env_keys else key
+        lines.append(f"{where}: {item['msg']}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the file (``config_file`` or ``./mailgate.toml`` when present), the environment, then overrides."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    path = config_file or (Path(environ["MAILGATE_CONFIG"]) if environ.get("MAILGATE_CONFIG") else None)
+    if path is None and DEFAULT_CONFIG_FILE.exists():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigurationError(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    env = _from_env(environ)
+    env_keys = {key for key, _ in iter_options() if env_name(key) in environ}
+    data = _merge(_merge(data, env), overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc, env_keys)) from None
+
+
+SECRET_MASK = "********"  # noqa: S105 - the mask, not a secret
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret replaced by a mask."""
+    dumped: dict[str, Any] = settings.model_dump(mode="json")
+    if settings.master_key is not None:
+        dumped["master_key"] = SECRET_MASK
+    url = settings.database.url
+    if url and "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        scheme, rest = url.split("//", 1)
+        creds, host = rest.split("@", 1)
+        dumped["database"]["url"] = f"{scheme}//{creds.split(':', 1)[0]}:{SECRET_MASK}@{host}"
+    dumped["data_dir"] = str(settings.data_dir)
+    return dumped

@@ -1,0 +1,1 @@
+"""Pure data and vocabularies shared by every layer; imports nothing else of mailgate."""

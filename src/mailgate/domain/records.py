@@ -1,0 +1,51 @@
+"""Append-only records: the audit trail and the event stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    DENIED = "denied"
+    INVALID = "invalid"
+    NOT_FOUND = "not_found"
+    ERROR = "error"
+
+
+class EventType(StrEnum):
+    """Every event type the gateway emits; later capabilities add members here."""
+
+    TENANT_CREATED = "tenant.created"
+    APIKEY_CREATED = "apikey.created"
+    APIKEY_REVOKED = "apikey.revoked"
+    KEYS_ROTATED = "keys.rotated"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    actor: str
+    tenant_id: str | None
+    action: str
+    object_type: str | None
+    object_id: str | None
+    request_id: str | None
+    outcome: Outcome
+    details: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = ""
+    hash: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    at: datetime
+    tenant_id: str | None
+    type: str
+    object_id: str | None
+    data: dict[str, Any] = field(default_factory=dict)

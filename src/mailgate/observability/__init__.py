@@ -1,0 +1,1 @@
+"""Metrics registry and structured logging; importable by every layer."""

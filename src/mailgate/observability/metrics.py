@@ -1,0 +1,34 @@
+"""The one Prometheus registry of a node; every layer registers its metrics here."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "mailgate_http_requests_total",
+    "HTTP API requests by method, route template and status code.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "mailgate_http_request_duration_seconds",
+    "HTTP API request latency by method and route template.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+AUDIT_ENTRIES = Counter(
+    "mailgate_audit_entries_total", "Audit entries appended, by outcome.", ["outcome"], registry=REGISTRY
+)
+EVENTS_EMITTED = Counter(
+    "mailgate_events_total", "Events appended to the event stream, by type.", ["type"], registry=REGISTRY
+)
+BUILD_INFO = Gauge("mailgate_build_info", "Version of this node.", ["version"], registry=REGISTRY)
+ROLE_UP = Gauge("mailgate_role_up", "1 while a role runs on this node.", ["role"], registry=REGISTRY)
+
+
+def exposition() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,112 @@
+"""Content-addressed, encrypted blobs, on disk (embedded) or in the database (many nodes).
+
+A blob's id is an HMAC of its bytes under a per-installation key: identical content is stored once,
+yet the id reveals nothing to someone who could otherwise confirm a guessed message by its hash.
+Writes are durable before ``put`` returns (temp file, fsync, rename, fsync of the directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+
+from mailgate.domain.errors import NotFound
+from mailgate.security import envelope
+from mailgate.store.database import Database
+from mailgate.store.keyring import Keyring
+from mailgate.store.schema import blob_data, blobs
+from mailgate.store.types import utcnow
+
+Location = Literal["file", "database"]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    id: str
+    size: int
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class BlobStore:
+    def __init__(self, db: Database, keyring: Keyring, location: Location, root: Path) -> None:
+        self._db = db
+        self._keyring = keyring
+        self.location = location
+        self._root = root
+        self._name_key = keyring.subkey("blob-id")
+
+    def blob_id(self, data: bytes) -> str:
+        return hmac.new(self._name_key, data, hashlib.sha256).hexdigest()
+
+    def _path(self, blob_id: str) -> Path:
+        return self._root / blob_id[:2] / blob_id[2:4] / blob_id
+
+    async def put(self, data: bytes) -> BlobRef:
+        blob_id = self.blob_id(data)
+        ref = BlobRef(blob_id, len(data))
+        async with self._db.read() as conn:
+            if (await conn.execute(select(blobs.c.id).where(blobs.c.id == blob_id))).first():
+                return ref
+        sealed = self._keyring.seal(data, blob_id.encode())
+        if self.location == "file":
+            await asyncio.to_thread(_write_file, self._path(blob_id), sealed)
+        try:
+            async with self._db.write() as conn:
+                await conn.execute(
+                    blobs.insert().values(
+                        id=blob_id,
+                        size=len(data),
+                        key_id=envelope.key_id_of(sealed),
+                        location=self.location,
+                        created_at=utcnow(),
+                    )
+                )
+                if self.location == "database":
+                    await conn.execute(blob_data.insert().values(id=blob_id, data=sealed))
+        except DbIntegrityError:
+            pass  # stored concurrently by another writer: same content, same id
+        return ref
+
+    async def get(self, blob_id: str) -> bytes:
+        async with self._db.read() as conn:
+            row = (await conn.execute(select(blobs.c.location).where(blobs.c.id == blob_id))).first()
+            if row is None:
+                raise NotFound("blob", blob_id)
+            if row.location == "database":
+                sealed = (await conn.execute(select(blob_data.c.data).where(blob_data.c.id == blob_id))).scalar_one()
+        if row.location == "file":
+            try:
+                sealed = await asyncio.to_thread(self._path(blob_id).read_bytes)
+            except FileNotFoundError:
+                raise NotFound("blob", blob_id) from None
+        return await self._keyring.unseal(sealed, blob_id.encode())
+
+    async def delete(self, blob_id: str) -> None:
+        async with self._db.write() as conn:
+            row = (await conn.execute(delete(blobs).where(blobs.c.id == blob_id).returning(blobs.c.location))).first()
+        if row is None:
+            raise NotFound("blob", blob_id)
+        if row.location == "file":
+            self._path(blob_id).unlink(missing_ok=True)

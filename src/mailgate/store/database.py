@@ -1,0 +1,142 @@
+"""The engine, transactions and migrations for both SQLite and PostgreSQL.
+
+SQLite: WAL, ``synchronous=FULL`` (a commit survives power loss: we acknowledge mail only after it),
+foreign keys on, a busy timeout, and writers that take the write lock at ``BEGIN IMMEDIATE`` so a
+read-then-write transaction never fails half-way with SQLITE_BUSY. PostgreSQL: asyncpg with a pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event, text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from mailgate.domain.errors import Unavailable
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_READONLY = "mailgate_readonly"
+_EVENTS_FLAG = "mailgate.events_written"
+#: errors that mean "the database cannot serve now" (down, locked past the timeout, disk full),
+#: as opposed to errors in what we asked of it
+_UNAVAILABLE = (OperationalError, InterfaceError, OSError)
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, busy_timeout_ms: int = 30000) -> None:
+        self.url = url
+        self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+        self._after_event_commit: list[Callable[[], None]] = []
+        if self.dialect == "sqlite":
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(
+                url, connect_args={"timeout": busy_timeout_ms / 1000}, pool_size=pool_size, max_overflow=0
+            )
+            self._configure_sqlite(busy_timeout_ms)
+        else:
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+    def _configure_sqlite(self, busy_timeout_ms: int) -> None:
+        sync_engine = self.engine.sync_engine
+
+        @event.listens_for(sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+            cursor = dbapi_connection.cursor()
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                "foreign_keys=ON",
+                f"busy_timeout={busy_timeout_ms}",
+            ):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        @event.listens_for(sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            readonly = conn.get_execution_options().get(_READONLY, False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    def on_events_committed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every commit that appended events (wakes long-polls at once)."""
+        self._after_event_commit.append(callback)
+
+    @staticmethod
+    def mark_events_written(conn: AsyncConnection) -> None:
+        conn.info[_EVENTS_FLAG] = True
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A read-write transaction; committed when the block ends without an exception."""
+        try:
+            async with self.engine.connect() as conn:
+                conn.info.pop(_EVENTS_FLAG, None)
+                async with conn.begin():
+                    yield conn
+                if conn.info.pop(_EVENTS_FLAG, False):
+                    for callback in self._after_event_commit:
+                        callback()
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"database unavailable: {_short(exc)}") from exc
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (on SQLite it does not take the write lock)."""
+        try:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(**{_READONLY: True})
+                async with conn.begin():
+                    yield conn
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"database unavailable: {_short(exc)}") from exc
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def upgrade(self) -> None:
+        def run(sync_conn: Connection) -> None:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = sync_conn
+            command.upgrade(cfg, "head")
+
+        async with self.write() as conn:
+            if self.dialect == "postgresql":
+                # several nodes may start at once: one migrates, the others wait and find it done
+                await conn.execute(text("SELECT pg_advisory_xact_lock(7310001)"))
+            await conn.run_sync(run)
+
+    async def revisions(self) -> tuple[str | None, str | None]:
+        """(revision the database is at, newest revision this code knows)."""
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        async with self.read() as conn:
+            current = await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+        return current, head
+
+    async def is_current(self) -> bool:
+        current, head = await self.revisions()
+        return current == head
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _short(exc: BaseException) -> str:
+    message = str(getattr(exc, "orig", None) or exc).strip()
+    return message.splitlines()[0][:200] if message else type(exc).__name__

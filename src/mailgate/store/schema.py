@@ -1,0 +1,123 @@
+"""The database schema, as SQLAlchemy Core tables. Migrations under ``migrations/`` build exactly this."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from mailgate.store.types import BigIntId, JsonText, UtcDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column("name", String(200), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("scopes", String(200), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+)
+
+# Audit rows carry no foreign keys: the trail must outlive the objects it describes.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger(), primary_key=True, autoincrement=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("tenant_id", String(32), nullable=True, index=True),
+    Column("action", String(100), nullable=False),
+    Column("object_type", String(50), nullable=True),
+    Column("object_id", String(200), nullable=True),
+    Column("request_id", String(100), nullable=True),
+    Column("outcome", String(20), nullable=False),
+    Column("details", JsonText(), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# One row (id = 1): the chain's tip, so that deleting the newest entries is detected too.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigIntId, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("tenant_id", String(32), nullable=True),
+    Column("type", String(100), nullable=False),
+    Column("object_id", String(200), nullable=True),
+    Column("data", JsonText(), nullable=False),
+    Index("ix_events_tenant_id_id", "tenant_id", "id"),
+    sqlite_autoincrement=True,
+)
+
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("purpose", String(20), nullable=False),
+    Column("master_kid", String(40), nullable=False),
+    Column("wrapped", LargeBinary(), nullable=False),
+    Column("active", Boolean(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("size", BigInteger(), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("location", String(10), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+blob_data = Table(
+    "blob_data",
+    metadata,
+    Column("id", String(64), ForeignKey("blobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("data", LargeBinary(), nullable=False),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text(), nullable=False),
+)
