@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
+import httpx2
+import pytest
 from openapi_spec_validator import validate
 
 from tests.conftest import Api
@@ -185,3 +188,44 @@ async def test_openapi_is_valid_and_documents_errors(api: Api) -> None:
     assert "Problem" in spec["components"]["schemas"]
     docs = await api.call("GET", "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+@pytest.mark.postgres
+async def test_database_loss_is_503_not_500(tmp_path: Path, pg_database: str) -> None:
+    """When PostgreSQL goes away under a running node, callers get 503 problems, and it recovers."""
+    from mailgate.app import Gateway, run_api
+    from tests.conftest import _pg_admin, free_port, make_settings
+
+    port = free_port()
+    gw = await Gateway.open(make_settings(tmp_path / "data", pg_database, http={"listen": f"127.0.0.1:{port}"}))
+    token = await gw.admin.bootstrap_admin_key()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_api(gw, stop))
+    client = Api(gw, f"http://127.0.0.1:{port}", token or "")
+    try:
+        for _ in range(100):
+            try:
+                if (await client.call("GET", "/readyz")).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                await asyncio.sleep(0.05)
+        name = pg_database.rsplit("/", 1)[1]
+        await _pg_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        try:
+            _is_problem(await client.call("GET", "/readyz"), 503, "unavailable")
+            r = await client.call("GET", "/v1/tenants", client.admin_key)
+            _is_problem(r, 503, "unavailable")
+            assert r.headers["retry-after"]
+        finally:
+            await _pg_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        for _ in range(50):
+            if (await client.call("GET", "/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await client.call("GET", "/v1/tenants", client.admin_key)).status_code == 200
+    finally:
+        await client.client.aclose()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await gw.close()

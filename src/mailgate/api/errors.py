@@ -46,6 +46,27 @@ _HTTP_SLUGS = {
 }
 
 
+def problem_response(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str | None,
+    instance: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "request_id": request_id_var.get(),
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
 def problem(
     status: int,
     slug: str,
@@ -55,16 +76,14 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        "request_id": request_id_var.get(),
-        **extra,
-    }
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    return problem_response(status, slug, title, detail, request.url.path, headers, **extra)
+
+
+def unexpected_error_response(path: str) -> JSONResponse:
+    """The answer to a bug: nothing of it leaks; the request id finds it in the log."""
+    return problem_response(
+        500, "internal", "Internal error", "an unexpected error occurred; see the log by request id", path
+    )
 
 
 async def _audit_refusal(request: Request, status: int, reason: str) -> None:
@@ -119,15 +138,7 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, slug, str(exc.detail), str(exc.detail), request, dict(exc.headers or {}))
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", error=type(exc).__name__)
-    return problem(
-        500, "internal", "Internal error", "an unexpected error occurred; see the log by request id", request
-    )
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(errors.MailgateError, _on_mailgate_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)

@@ -8,7 +8,7 @@ read-then-write transaction never fails half-way with SQLITE_BUSY. PostgreSQL: a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailgate.domain.errors import Unavailable
@@ -25,9 +25,6 @@ from mailgate.domain.errors import Unavailable
 MIGRATIONS = Path(__file__).parent / "migrations"
 _READONLY = "mailgate_readonly"
 _EVENTS_FLAG = "mailgate.events_written"
-#: errors that mean "the database cannot serve now" (down, locked past the timeout, disk full),
-#: as opposed to errors in what we asked of it
-_UNAVAILABLE = (OperationalError, InterfaceError, OSError)
 
 
 def alembic_config() -> Config:
@@ -82,29 +79,40 @@ class Database:
         conn.info[_EVENTS_FLAG] = True
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A read-write transaction; committed when the block ends without an exception."""
+    async def _transaction(self, *, readonly: bool) -> AsyncIterator[AsyncConnection]:
         try:
-            async with self.engine.connect() as conn:
-                conn.info.pop(_EVENTS_FLAG, None)
-                async with conn.begin():
-                    yield conn
-                if conn.info.pop(_EVENTS_FLAG, False):
-                    for callback in self._after_event_commit:
-                        callback()
-        except _UNAVAILABLE as exc:
+            conn = await self.engine.connect()
+        except (DBAPIError, OSError) as exc:  # any failure to connect means "down", whatever the driver says
             raise Unavailable(f"database unavailable: {_short(exc)}") from exc
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction (on SQLite it does not take the write lock)."""
         try:
-            async with self.engine.connect() as conn:
+            if readonly:
                 conn = await conn.execution_options(**{_READONLY: True})
-                async with conn.begin():
-                    yield conn
-        except _UNAVAILABLE as exc:
+            conn.info.pop(_EVENTS_FLAG, None)
+            async with conn.begin():
+                yield conn
+            if conn.info.pop(_EVENTS_FLAG, False):
+                for callback in self._after_event_commit:
+                    callback()
+        except DBAPIError as exc:
+            if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+                raise Unavailable(f"database unavailable: {_short(exc)}") from exc
+            raise
+        except OSError as exc:
             raise Unavailable(f"database unavailable: {_short(exc)}") from exc
+        finally:
+            await conn.close()
+
+    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A read-write transaction, committed when the block ends without an exception.
+
+        Raises Unavailable when the database cannot serve (down, locked past the busy timeout, disk
+        full); other database errors propagate, since they mean the request itself was wrong.
+        """
+        return self._transaction(readonly=False)
+
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A read-only transaction (on SQLite it does not take the write lock)."""
+        return self._transaction(readonly=True)
 
     async def ping(self) -> None:
         async with self.read() as conn:
