@@ -82,6 +82,19 @@ def _run(settings: Settings, work: Callable[[Gateway], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
+def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Just the database, for the schema commands (which must work before the keyring can load)."""
+
+    async def main() -> T:
+        db = Database(settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms)
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -126,16 +139,12 @@ def db_upgrade(ctx: typer.Context) -> None:
     """Apply pending migrations."""
     settings = _settings(ctx)
 
-    async def work() -> tuple[str | None, str | None]:
-        db = Database(settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms)
-        try:
-            before, _ = await db.revisions()
-            await db.upgrade()
-            return before, (await db.revisions())[0]
-        finally:
-            await db.dispose()
+    async def work(db: Database) -> tuple[str | None, str | None]:
+        before, _ = await db.revisions()
+        await db.upgrade()
+        return before, (await db.revisions())[0]
 
-    before, after = asyncio.run(work())
+    before, after = _with_database(settings, work)
     if before != after:
         _run(
             settings,
@@ -153,16 +162,7 @@ def db_upgrade(ctx: typer.Context) -> None:
 @db_app.command("check")
 def db_check(ctx: typer.Context) -> None:
     """Exit 0 when the schema is current, 1 when migrations are pending."""
-    settings = _settings(ctx)
-
-    async def work() -> tuple[str | None, str | None]:
-        db = Database(settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms)
-        try:
-            return await db.revisions()
-        finally:
-            await db.dispose()
-
-    current, head = asyncio.run(work())
+    current, head = _with_database(_settings(ctx), lambda db: db.revisions())
     if current == head:
         print(f"database schema is current ({head})")
         return
