@@ -34,19 +34,28 @@ class BlobRef:
     size: int
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write a file so that it survives a crash once this returns: temp file, fsync, rename, and an
+    fsync of every directory whose entries changed (including directories created on the way)."""
+    created = [p for p in (path.parent.parent, path.parent) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with tmp.open("wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+    for directory in created:
+        _fsync_dir(directory.parent)
 
 
 class BlobStore:
@@ -71,7 +80,7 @@ class BlobStore:
                 return ref
         sealed = self._keyring.seal(data, blob_id.encode())
         if self.location == "file":
-            await asyncio.to_thread(_write_file, self._path(blob_id), sealed)
+            await asyncio.to_thread(write_durably, self._path(blob_id), sealed)
         try:
             async with self._db.write() as conn:
                 await conn.execute(
