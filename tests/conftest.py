@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from mailgate.app import Gateway, run_api
 from mailgate.config import Settings, load_settings
 
-settings.register_profile("fuzz", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
+settings.register_profile("fuzz", max_examples=5_000, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 PG_URL = os.environ.get("MAILGATE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
