@@ -1,0 +1,1 @@
+"""MIME: building and reading messages with the stdlib email package, safely."""
