@@ -1,0 +1,243 @@
+"""Deliver through one configured SMTP relay (a smarthost, a provider's submission port) over a small
+pool of reused connections.
+
+Connection setup (TCP, TLS, AUTH) costs several round trips and a handshake; a relay that sends a
+burst pays it once per connection instead of once per message. The pool is deliberately simple:
+connections are never shared between concurrent sends, an idle one is probed with RSET before reuse,
+and any error discards the connection rather than trying to repair it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import aiosmtplib
+
+from mailgate.connectors._smtp import (
+    PathFailure,
+    SessionOptions,
+    address_problem,
+    client_tls_context,
+    open_session,
+    transact,
+    valid_helo_name,
+)
+from mailgate.connectors.base import Sender
+from mailgate.domain.delivery import DeliveryOutcome, Failed
+from mailgate.domain.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class SmtpRelayConfig:
+    """``tls="starttls"`` *requires* STARTTLS: a relay that stops offering it (or a man in the middle
+    stripping it) must not get credentials and mail in clear text, so that is a connector fault."""
+
+    host: str
+    port: int
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30
+    max_connections: int = 4
+    max_messages_per_connection: int = 100
+    idle_timeout: float = 30
+    validate_certs: bool = True
+    ca_file: str | None = None
+    helo_name: str | None = None
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> InvalidInput:
+            return InvalidInput(f"{name}: {why}", field=name)
+
+        if not self.host or any(c.isspace() for c in self.host):
+            raise bad("host", "must be a host name or address")
+        if not 1 <= self.port <= 65535:
+            raise bad("port", "must be between 1 and 65535")
+        if self.tls not in ("none", "starttls", "implicit"):
+            raise bad("tls", "must be one of none, starttls, implicit")
+        if self.password is not None and self.username is None:
+            raise bad("username", "a password needs a username")
+        for name in ("timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be positive")
+        for name in ("max_connections", "max_messages_per_connection"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be at least 1")
+        if self.helo_name is not None and not valid_helo_name(self.helo_name):
+            raise bad("helo_name", "must be a host name without spaces or control characters")
+
+
+@dataclass(eq=False)
+class _Connection:
+    client: aiosmtplib.SMTP
+    generation: int
+    transactions: int = 0
+    idle_since: float = 0.0
+
+
+class SmtpRelaySender(Sender):
+    """At most ``max_connections`` sends run at once, each on a connection of its own.
+
+    Outcomes: see ``mailgate.connectors._smtp.transact``; a message whose envelope has non-ASCII
+    addresses and meets a relay without SMTPUTF8 is bounced (553 5.6.7) for those addresses, as
+    Postfix does: retrying the same relay cannot help, and the reply says why.
+    """
+
+    def __init__(self, config: SmtpRelayConfig, *, name: str = "smtp_relay") -> None:
+        self.name = name
+        self.config = config
+        tls_context = None
+        if config.tls != "none":
+            try:
+                tls_context = client_tls_context(validate_certs=config.validate_certs, ca_file=config.ca_file)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise InvalidInput(f"ca_file: cannot load {config.ca_file!r}: {exc}", field="ca_file") from None
+        self._tls_context = tls_context
+        self._helo_name = config.helo_name
+        self._slots = asyncio.Semaphore(config.max_connections)
+        self._idle: list[_Connection] = []
+        self._generation = 0
+        self._busy = 0
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections held right now, in use or idle (for metrics and tests)."""
+        return self._busy + sum(1 for c in self._idle if c.client.is_connected)
+
+    async def send(self, mail_from: str, recipients: Sequence[str], message: bytes) -> dict[str, DeliveryOutcome]:
+        wanted = list(dict.fromkeys(recipients))
+        if not wanted:
+            return {}
+        problem = address_problem(mail_from, sender=True)
+        if problem:
+            return {r: Failed(f"sender {problem}") for r in wanted}
+        outcomes: dict[str, DeliveryOutcome] = {}
+        for rcpt in wanted:
+            problem = address_problem(rcpt)
+            if problem:
+                outcomes[rcpt] = Failed(problem)
+        live = [r for r in wanted if r not in outcomes]
+        if live:
+            async with self._slots:
+                self._busy += 1
+                try:
+                    outcomes.update(await self._deliver(mail_from, live, message))
+                finally:
+                    self._busy -= 1
+        return {r: outcomes[r] for r in wanted}
+
+    async def _deliver(self, mail_from: str, recipients: list[str], message: bytes) -> dict[str, DeliveryOutcome]:
+        conn = self._take_idle()
+        for attempt in range(2):
+            if conn is None:
+                try:
+                    conn = await self._open()
+                except PathFailure as failure:
+                    return failure.outcomes(recipients)
+            try:
+                outcomes = await transact(
+                    conn.client,
+                    mail_from,
+                    recipients,
+                    message,
+                    reset=conn.transactions > 0,
+                    where=self._where,
+                    reply_timeout=self.config.timeout,
+                )
+            except PathFailure as failure:
+                conn.client.close()
+                if failure.retry_safe and attempt == 0:
+                    conn = None  # the pooled connection was dead: once more, on a fresh one
+                    continue
+                return failure.outcomes(recipients)
+            except BaseException:
+                conn.client.close()
+                raise
+            conn.transactions += 1
+            await self._release(conn)
+            return outcomes
+        raise AssertionError("unreachable: the second attempt always returns")
+
+    @property
+    def _where(self) -> str:
+        host, port = self.config.host, self.config.port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def _open(self) -> _Connection:
+        if self._helo_name is None:
+            # getfqdn may block on a resolver; once per sender, off the loop
+            fqdn = await asyncio.to_thread(socket.getfqdn)
+            self._helo_name = fqdn if valid_helo_name(fqdn) else "localhost"
+        cfg = self.config
+        client = await open_session(
+            SessionOptions(
+                host=cfg.host,
+                port=cfg.port,
+                tls=cfg.tls,
+                tls_context=self._tls_context,
+                timeout=cfg.timeout,
+                helo_name=self._helo_name,
+                username=cfg.username,
+                password=cfg.password,
+            )
+        )
+        return _Connection(client, self._generation)
+
+    def _take_idle(self) -> _Connection | None:
+        """The most recently used live connection: LIFO lets the rest of a burst's connections idle out."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.client.is_connected:  # the server may have closed it while it sat idle
+                return conn
+            conn.client.close()
+        return None
+
+    async def _release(self, conn: _Connection) -> None:
+        if (
+            conn.generation != self._generation
+            or conn.transactions >= self.config.max_messages_per_connection
+            or not conn.client.is_connected
+        ):
+            await self._quit(conn)
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        self._idle.append(conn)
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap(), name=f"{self.name}: close idle SMTP connections")
+
+    async def _reap(self) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.config.idle_timeout
+        while self._idle:
+            oldest = min(c.idle_since for c in self._idle)
+            await asyncio.sleep(max(0.0, oldest + limit - loop.time()))
+            now = loop.time()
+            expired = [c for c in self._idle if now - c.idle_since >= limit]
+            self._idle = [c for c in self._idle if now - c.idle_since < limit]
+            await asyncio.gather(*(self._quit(c) for c in expired))
+
+    async def _quit(self, conn: _Connection) -> None:
+        """QUIT politely, but never wait long for it: the message is already delivered."""
+        try:
+            if conn.client.is_connected:
+                await conn.client.quit(timeout=min(self.config.timeout, 5.0))
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            conn.client.close()
+
+    async def close(self) -> None:
+        """Closes idle connections now and busy ones when their send finishes. The sender stays usable:
+        a later send opens new connections (the router may close a sender it still holds)."""
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None and not reaper.done():
+            reaper.cancel()
+            await asyncio.wait([reaper])
+        await asyncio.gather(*(self._quit(c) for c in idle))

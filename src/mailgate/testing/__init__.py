@@ -1,0 +1,1 @@
+"""Test doubles shipped with the package, so users' own tests can fake mailgate's peers."""
