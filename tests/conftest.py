@@ -12,15 +12,17 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx2
 import pytest
 from hypothesis import HealthCheck, settings
 
-from mailgate.app import Gateway, run_api
 from mailgate.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from mailgate.app import Gateway
 
 settings.register_profile("fuzz", max_examples=5_000, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
@@ -88,6 +90,8 @@ def make_settings(data_dir: Path, db_url: str | None = None, **overrides: Any) -
 
 @pytest.fixture
 async def gateway(tmp_path: Path, db_url: str) -> AsyncIterator[Gateway]:
+    from mailgate.app import Gateway
+
     gw = await Gateway.open(make_settings(tmp_path / "data", db_url))
     try:
         yield gw
@@ -113,6 +117,8 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path, db_url: str) -> AsyncIterator[Api]:
+    from mailgate.app import Gateway, run_api
+
     port = free_port()
     settings = make_settings(tmp_path / "data", db_url, http={"listen": f"127.0.0.1:{port}"})
     gw = await Gateway.open(settings)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import uvicorn
@@ -22,9 +23,17 @@ from mailgate import __version__
 from mailgate.admin.service import AdminService
 from mailgate.api.app import create_app
 from mailgate.config import Settings, parse_hostport
-from mailgate.domain.errors import ConfigurationError
+from mailgate.connectors.registry import build_sender
+from mailgate.domain.errors import ConfigurationError, MailgateError
+from mailgate.domain.outbound import ConnectorSpec
+from mailgate.domain.records import EventType
 from mailgate.observability.logging import get_logger
-from mailgate.observability.metrics import BUILD_INFO, ROLE_UP
+from mailgate.observability.metrics import BUILD_INFO, CONNECTOR_STATE, ROLE_UP
+from mailgate.outbound.retry import RetryPolicy
+from mailgate.outbound.routing.breaker import BreakerState
+from mailgate.outbound.routing.router import Router
+from mailgate.outbound.service import OutboundService
+from mailgate.outbound.worker import DeliveryWorker, WorkerSettings
 from mailgate.security.masterkeys import load_master_keys
 from mailgate.security.tls import TlsMaterial, ensure_tls
 from mailgate.store.blobs import BlobStore
@@ -41,6 +50,7 @@ class Gateway:
     keyring: Keyring
     blobs: BlobStore
     admin: AdminService
+    outbound: OutboundService
     tls: TlsMaterial
 
     @classmethod
@@ -69,7 +79,47 @@ class Gateway:
             location = "file" if db.dialect == "sqlite" else "database"
         blobs = BlobStore(db, keyring, location, settings.data_dir / "blobs")
         tls = ensure_tls(settings.data_dir, settings.tls.cert_file, settings.tls.key_file, settings.tls.hostname)
-        return cls(settings, db, keyring, blobs, AdminService(db, keyring), tls)
+        admin = AdminService(db, keyring)
+        outbound = OutboundService(
+            db, keyring, blobs, admin, validate_connector=build_sender, hostname=settings.tls.hostname
+        )
+        return cls(settings, db, keyring, blobs, admin, outbound, tls)
+
+    def delivery_worker(self) -> DeliveryWorker:
+        """A worker with its own router (connector pools and breakers live per worker)."""
+        q = self.settings.queue
+        router = Router(
+            self.db,
+            self.keyring,
+            build_sender,
+            on_breaker_change=self._breaker_changed,
+            breaker_threshold=q.breaker_threshold,
+            breaker_cooldown=q.breaker_cooldown,
+        )
+        self.outbound.config_changed.append(router.invalidate)
+        policy = RetryPolicy(first_delay=q.first_retry_delay, max_delay=q.max_retry_delay, max_age=q.max_age)
+        settings = WorkerSettings(
+            batch=q.batch, parallel=q.parallel, lease=timedelta(seconds=q.lease), poll_interval=q.poll_interval
+        )
+        return DeliveryWorker(self.db, self.keyring, self.blobs, self.admin, self.outbound, router, policy, settings)
+
+    def _breaker_changed(self, spec: ConnectorSpec, old: BreakerState, new: BreakerState) -> None:
+        up = new == BreakerState.CLOSED
+        CONNECTOR_STATE.labels(spec.name).set(1 if up else 0)
+        if new == BreakerState.HALF_OPEN:
+            log.info("connector probing", connector=spec.name)
+            return
+        log.warning("connector down" if not up else "connector up", connector=spec.name, previous=old.value)
+        event = EventType.CONNECTOR_UP if up else EventType.CONNECTOR_DOWN
+        asyncio.get_running_loop().create_task(self._emit_connector(event, spec))
+
+    async def _emit_connector(self, event: EventType, spec: ConnectorSpec) -> None:
+        try:
+            await self.admin.record_event(
+                event, tenant_id=spec.scope or None, object_id=spec.id, data={"connector": spec.name, "type": spec.type}
+            )
+        except MailgateError as exc:
+            log.error("could not record connector event", error=exc.detail, event_type=event.value)
 
     async def close(self) -> None:
         await self.db.dispose()
@@ -113,7 +163,7 @@ async def run_api(gw: Gateway, stop: asyncio.Event) -> None:
     host, port = parse_hostport(settings.http.listen)
     use_tls = settings.http.tls == "on" or (settings.http.tls == "auto" and not _is_loopback(host))
     sock = _bind(host, port)
-    app = create_app(db=gw.db, admin=gw.admin, max_wait=settings.events.max_wait)
+    app = create_app(db=gw.db, admin=gw.admin, outbound=gw.outbound, max_wait=settings.events.max_wait)
     tls_args: dict[str, Any] = (
         {"ssl_certfile": str(gw.tls.cert_file), "ssl_keyfile": str(gw.tls.key_file)} if use_tls else {}
     )
@@ -140,7 +190,11 @@ async def run_api(gw: Gateway, stop: asyncio.Event) -> None:
     await task
 
 
-ROLES: dict[str, Role] = {"api": run_api}
+async def run_worker(gw: Gateway, stop: asyncio.Event) -> None:
+    await gw.delivery_worker().run(stop)
+
+
+ROLES: dict[str, Role] = {"api": run_api, "worker": run_worker}
 
 
 def resolve_roles(requested: list[str]) -> list[str]:

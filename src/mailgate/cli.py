@@ -25,6 +25,7 @@ from mailgate.domain.errors import ConfigurationError, MailgateError
 from mailgate.domain.tenancy import Principal, Scope
 from mailgate.observability.logging import configure_logging
 from mailgate.store.database import Database
+from mailgate.store.types import utcnow
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -39,6 +40,7 @@ tenants_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 apikeys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
+dkim_app = typer.Typer(help="DKIM signing keys.", no_args_is_help=True)
 for sub, name in (
     (config_app, "config"),
     (db_app, "db"),
@@ -46,6 +48,7 @@ for sub, name in (
     (apikeys_app, "apikeys"),
     (audit_app, "audit"),
     (keys_app, "keys"),
+    (dkim_app, "dkim"),
 ):
     app.add_typer(sub, name=name)
 
@@ -283,6 +286,28 @@ def keys_rotate(ctx: typer.Context) -> None:
         f"master key {result.master_kid} active; {result.rewrapped} data keys re-wrapped; "
         f"new data key {result.data_key_id}"
     )
+
+
+@dkim_app.command("generate")
+def dkim_generate(
+    ctx: typer.Context,
+    domain: Annotated[str, typer.Option("--domain", help="The signing domain (d=).")],
+    selector: Annotated[str | None, typer.Option("--selector", help="Selector (s=); default mgYYYYMM.")] = None,
+    algorithm: Annotated[str, typer.Option("--algorithm", help="rsa (2048-bit) or ed25519.")] = "rsa",
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only for this tenant's mail.")] = None,
+) -> None:
+    """Make a DKIM key (stored encrypted); prints the DNS TXT record to publish, its value last."""
+    chosen = selector or utcnow().strftime("mg%Y%m")
+
+    async def work(gw: Gateway) -> str:
+        tenant_id = (await gw.admin.get_tenant(_cli_principal(), tenant)).id if tenant else None
+        return await gw.outbound.generate_dkim(
+            _cli_principal(), domain=domain, selector=chosen, algorithm=algorithm, tenant=tenant_id
+        )
+
+    value = _run(_settings(ctx), work)
+    err.print(f"publish this TXT record at {chosen}._domainkey.{domain.lower().rstrip('.')}:")
+    print(value)
 
 
 def main() -> None:

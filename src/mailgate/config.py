@@ -105,6 +105,22 @@ class ServerSettings(_Section):
         return value
 
 
+class QueueSettings(_Section):
+    first_retry_delay: float = Field(60.0, gt=0, description="Seconds before the first retry of a deferred delivery.")
+    max_retry_delay: float = Field(7200.0, gt=0, description="Backoff cap between retries, in seconds.")
+    max_age: float = Field(
+        432000.0, gt=0, description="Seconds after acceptance a delivery is given up as failed (5 days)."
+    )
+    batch: int = Field(200, ge=1, le=10000, description="Deliveries a worker claims at once.")
+    parallel: int = Field(32, ge=1, le=1000, description="Messages a worker delivers concurrently.")
+    lease: float = Field(
+        300.0, gt=0, description="Seconds a claim holds a delivery; after that another worker may take it over."
+    )
+    poll_interval: float = Field(1.0, gt=0, description="Idle seconds between queue checks (new mail wakes at once).")
+    breaker_threshold: int = Field(5, ge=1, description="Consecutive path failures that open a connector's circuit.")
+    breaker_cooldown: float = Field(30.0, gt=0, description="Seconds an open circuit waits before one probe.")
+
+
 class EventSettings(_Section):
     max_wait: float = Field(60.0, ge=0, le=300, description="Longest `wait=` a long-poll may ask for.")
 
@@ -124,6 +140,7 @@ class Settings(_Section):
     tls: TlsSettings = Field(default_factory=TlsSettings)  # type: ignore[arg-type]
     server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
     events: EventSettings = Field(default_factory=EventSettings)  # type: ignore[arg-type]
+    queue: QueueSettings = Field(default_factory=QueueSettings)  # type: ignore[arg-type]
 
     @property
     def database_url(self) -> str:

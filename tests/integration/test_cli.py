@@ -101,7 +101,7 @@ def test_audit_verify_passes_then_names_the_tampered_entry(data_dir: Path) -> No
 def test_db_check_and_upgrade(data_dir: Path) -> None:
     r = run(data_dir, "db", "check", check=False)
     assert r.returncode == 1 and "db upgrade" in r.stdout
-    assert "0001" in run(data_dir, "db", "upgrade").stdout
+    assert "database schema at 0" in run(data_dir, "db", "upgrade").stdout
     assert "current" in run(data_dir, "db", "check").stdout
     assert "already current" in run(data_dir, "db", "upgrade").stdout
 

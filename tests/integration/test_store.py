@@ -38,7 +38,7 @@ async def _database_bytes(gw: Gateway) -> bytes:
 
 async def test_migrations_are_current_after_open(gateway: Gateway) -> None:
     current, head = await gateway.db.revisions()
-    assert current == head == "0001"
+    assert current == head is not None
     assert await gateway.db.is_current()
 
 

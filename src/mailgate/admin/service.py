@@ -48,7 +48,7 @@ class AdminService:
 
     # ----- shared by every mutation -----
 
-    async def _audit(
+    async def audit_in(
         self,
         conn: AsyncConnection,
         principal: Principal,
@@ -61,6 +61,7 @@ class AdminService:
         outcome: Outcome = Outcome.SUCCESS,
         details: dict[str, Any] | None = None,
     ) -> AuditEntry:
+        """Append the audit entry of a change inside the change's own transaction."""
         entry = await audit_repo.append(
             conn,
             self._audit_key,
@@ -76,7 +77,7 @@ class AdminService:
         AUDIT_ENTRIES.labels(outcome.value).inc()
         return entry
 
-    async def _emit(
+    async def emit_in(
         self,
         conn: AsyncConnection,
         type: EventType,
@@ -85,8 +86,16 @@ class AdminService:
         object_id: str | None,
         data: dict[str, Any],
     ) -> None:
+        """Append an event inside the transaction of the change it reports."""
         await events_repo.append(conn, type=type.value, tenant_id=tenant_id, object_id=object_id, data=data)
         EVENTS_EMITTED.labels(type.value).inc()
+
+    async def record_event(
+        self, type: EventType, *, tenant_id: str | None, object_id: str | None, data: dict[str, Any]
+    ) -> None:
+        """Append an event that belongs to no other change (a connector going down)."""
+        async with self._db.write() as conn:
+            await self.emit_in(conn, type, tenant_id=tenant_id, object_id=object_id, data=data)
 
     async def record_refusal(
         self,
@@ -101,7 +110,7 @@ class AdminService:
     ) -> None:
         """Audit a state-changing call that was refused or failed (it changed nothing)."""
         async with self._db.write() as conn:
-            await self._audit(
+            await self.audit_in(
                 conn,
                 principal,
                 action,
@@ -139,7 +148,7 @@ class AdminService:
         tenant = Tenant(id="ten_" + secrets.token_hex(8), name=name, created_at=utcnow())
         async with self._db.write() as conn:
             await tenants_repo.insert_tenant(conn, tenant)
-            await self._audit(
+            await self.audit_in(
                 conn,
                 principal,
                 "tenant.create",
@@ -149,7 +158,7 @@ class AdminService:
                 request_id=request_id,
                 details={"name": name},
             )
-            await self._emit(
+            await self.emit_in(
                 conn, EventType.TENANT_CREATED, tenant_id=tenant.id, object_id=tenant.id, data={"name": name}
             )
         return tenant
@@ -217,7 +226,7 @@ class AdminService:
         assert secret is not None
         await tenants_repo.insert_key(conn, key, tokens.hash_secret(self._pepper, secret[1]))
         details = {"scopes": sorted(s.value for s in scopes), "name": key.name}
-        await self._audit(
+        await self.audit_in(
             conn,
             principal,
             "apikey.create",
@@ -227,7 +236,7 @@ class AdminService:
             request_id=request_id,
             details=details,
         )
-        await self._emit(conn, EventType.APIKEY_CREATED, tenant_id=tenant_id, object_id=key.id, data=details)
+        await self.emit_in(conn, EventType.APIKEY_CREATED, tenant_id=tenant_id, object_id=key.id, data=details)
         return key, token
 
     async def bootstrap_admin_key(self) -> str | None:
@@ -261,7 +270,7 @@ class AdminService:
                 raise NotFound("apikey", key_id)
             key = found[0]
             if await tenants_repo.revoke_key(conn, key_id, utcnow()):
-                await self._audit(
+                await self.audit_in(
                     conn,
                     principal,
                     "apikey.revoke",
@@ -270,7 +279,7 @@ class AdminService:
                     object_id=key_id,
                     request_id=request_id,
                 )
-                await self._emit(conn, EventType.APIKEY_REVOKED, tenant_id=key.tenant_id, object_id=key_id, data={})
+                await self.emit_in(conn, EventType.APIKEY_REVOKED, tenant_id=key.tenant_id, object_id=key_id, data={})
             found = await tenants_repo.get_key(conn, key_id)
         assert found is not None
         return found[0]
@@ -289,7 +298,7 @@ class AdminService:
     ) -> AuditEntry:
         """Audit an operator action that changes no row itself (a key rotation, an upgrade)."""
         async with self._db.write() as conn:
-            return await self._audit(
+            return await self.audit_in(
                 conn,
                 principal,
                 action,

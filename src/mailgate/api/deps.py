@@ -11,6 +11,7 @@ from mailgate.admin.service import AdminService
 from mailgate.domain.errors import AuthenticationFailed
 from mailgate.domain.tenancy import Principal
 from mailgate.observability.logging import request_id_var
+from mailgate.outbound.service import OutboundService
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mg_...`")
 
@@ -39,3 +40,11 @@ def request_id() -> str | None:
 Admin = Annotated[AdminService, Depends(admin_service)]
 Caller = Annotated[Principal, Depends(principal)]
 RequestId = Annotated[str | None, Depends(request_id)]
+
+
+def outbound_service(request: Request) -> OutboundService:
+    service: OutboundService = request.app.state.outbound
+    return service
+
+
+Outbound = Annotated[OutboundService, Depends(outbound_service)]

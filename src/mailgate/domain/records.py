@@ -23,6 +23,15 @@ class EventType(StrEnum):
     APIKEY_CREATED = "apikey.created"
     APIKEY_REVOKED = "apikey.revoked"
     KEYS_ROTATED = "keys.rotated"
+    MESSAGE_ACCEPTED = "message.accepted"
+    DELIVERY_SENT = "delivery.sent"
+    DELIVERY_DEFERRED = "delivery.deferred"
+    DELIVERY_BOUNCED = "delivery.bounced"
+    DELIVERY_FAILED = "delivery.failed"
+    DELIVERY_SUPPRESSED = "delivery.suppressed"
+    DELIVERY_CANCELLED = "delivery.cancelled"
+    CONNECTOR_DOWN = "connector.down"
+    CONNECTOR_UP = "connector.up"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,3 +32,23 @@ ROLE_UP = Gauge("mailgate_role_up", "1 while a role runs on this node.", ["role"
 
 def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+DELIVERIES = Counter(
+    "mailgate_deliveries_total",
+    "Delivery attempts by resulting status and connector.",
+    ["status", "connector"],
+    registry=REGISTRY,
+)
+DELIVERY_LATENCY = Histogram(
+    "mailgate_delivery_latency_seconds",
+    "From acceptance to a 2xx at the next hop.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400),
+    registry=REGISTRY,
+)
+CONNECTOR_STATE = Gauge(
+    "mailgate_connector_up",
+    "1 while a connector's circuit is closed, 0 while open or probing.",
+    ["connector"],
+    registry=REGISTRY,
+)

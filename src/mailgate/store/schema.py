@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from mailgate.store.types import BigIntId, JsonText, UtcDateTime
@@ -120,4 +121,119 @@ meta = Table(
     metadata,
     Column("key", String(100), primary_key=True),
     Column("value", Text(), nullable=False),
+)
+
+# ----- outbound -----
+
+# ``scope`` is the owning tenant's id, or "" for global objects: a NOT NULL column, so the unique
+# constraint holds for global names too (NULLs would never collide).
+connectors = Table(
+    "connectors",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("scope", String(32), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("type", String(30), nullable=False),
+    Column("config", LargeBinary(), nullable=False),  # sealed JSON: it may hold credentials
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("scope", "name"),
+)
+
+routes = Table(
+    "routes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("scope", String(32), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("connectors", JsonText(), nullable=False),
+    Column("match", JsonText(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("scope", "name"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("mail_from", String(320), nullable=False),
+    Column("blob_id", String(64), nullable=False),
+    Column("size", BigInteger(), nullable=False),
+    Column("summary", LargeBinary(), nullable=False),  # sealed JSON: subject, header From/To
+    Column("tags", JsonText(), nullable=False),
+    Column("meta", JsonText(), nullable=False),
+    Column("route", String(100), nullable=True),
+    Column("source", String(20), nullable=False),
+    Index("ix_messages_tenant_id_created_at", "tenant_id", "created_at"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("tenant_id", String(32), nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column("domain", String(255), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", UtcDateTime(), nullable=True),
+    Column("last_reply", Text(), nullable=True),
+    Column("last_connector", String(100), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", BigIntId, primary_key=True, autoincrement=True),
+    Column("delivery_id", String(32), ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("connector", String(100), nullable=True),
+    Column("outcome", String(20), nullable=False),
+    Column("reply", Text(), nullable=True),
+    Column("duration_ms", Integer(), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("address", String(320), primary_key=True),
+    Column("reason", String(30), nullable=False),
+    Column("detail", Text(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("response", JsonText(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+dkim_keys = Table(
+    "dkim_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("scope", String(32), nullable=False),
+    Column("domain", String(255), nullable=False),
+    Column("selector", String(63), nullable=False),
+    Column("algorithm", String(10), nullable=False),
+    Column("private_key", LargeBinary(), nullable=False),  # sealed PEM
+    Column("dns_value", Text(), nullable=False),
+    Column("active", Boolean(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("domain", "selector"),
 )

@@ -1,0 +1,1 @@
+"""The outbound pipeline: accept, queue, route, deliver, record."""

@@ -1,0 +1,1 @@
+"""Which connectors a message goes through, in which order, and which of them are healthy."""

@@ -1,0 +1,573 @@
+"""The outbound facade: accept a message, persist it durably with one delivery per recipient, and
+administer what sending needs (connectors, routes, DKIM keys, suppressions, the queue).
+
+``send`` returns only after the message, its deliveries and its event are committed: the caller's 202
+means the message will not be lost. The raw message (signed) is written to the blob store first; if
+the transaction then fails the orphan blob is harmless and content-addressed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from mailgate.admin.service import AdminService
+from mailgate.connectors.base import Sender
+from mailgate.domain.address import Address, normalize, parse_address
+from mailgate.domain.delivery import DeliveryStatus
+from mailgate.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from mailgate.domain.outbound import (
+    GLOBAL_SCOPE,
+    AttemptRecord,
+    ConnectorSpec,
+    DeliveryRecord,
+    MessageRecord,
+    RouteSpec,
+    Suppression,
+)
+from mailgate.domain.records import EventType
+from mailgate.domain.tenancy import Principal, Scope
+from mailgate.mime.compose import Attachment, Draft, compose
+from mailgate.mime.headers import validate_extra_headers
+from mailgate.outbound.dkim import DkimSigner, generate_key
+from mailgate.store import outbound as repo
+from mailgate.store.blobs import BlobStore
+from mailgate.store.database import Database
+from mailgate.store.keyring import Keyring
+from mailgate.store.types import utcnow
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+MAX_RECIPIENTS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentIn:
+    filename: str
+    content: str  # base64
+    content_type: str = "application/octet-stream"
+    content_id: str | None = None
+    inline: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    from_: str
+    to: list[str]
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    reply_to: list[str] = field(default_factory=list)
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    attachments: list[AttachmentIn] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    send_at: datetime | None = None
+    template: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    route: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    message: MessageRecord
+    deliveries: list[DeliveryRecord]
+    attempts: dict[str, list[AttemptRecord]]
+
+
+def _require(principal: Principal, scope: Scope) -> None:
+    if not principal.can(scope):
+        raise PermissionDenied(f"this key lacks the {scope.value!r} scope")
+
+
+def _tenant_of(principal: Principal) -> str:
+    if principal.tenant_id is None:
+        raise InvalidInput("this key belongs to no tenant; use a tenant's key to send or manage its mail")
+    return principal.tenant_id
+
+
+def _addresses(values: Sequence[str], field_name: str) -> list[Address]:
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(parse_address(value))
+        except ValueError as exc:
+            raise InvalidInput(f"{field_name}[{i}]: {exc}", field=f"{field_name}[{i}]") from None
+    return out
+
+
+def _attachments(items: Sequence[AttachmentIn]) -> list[Attachment]:
+    out = []
+    for i, item in enumerate(items):
+        try:
+            data = base64.b64decode(item.content, validate=True)
+        except (binascii.Error, ValueError):
+            where = f"attachments[{i}].content"
+            raise InvalidInput(f"{where} is not valid base64", field=where) from None
+        out.append(Attachment(item.filename, item.content_type, data, item.content_id, item.inline))
+    return out
+
+
+def _suppression_key(addr_spec: str) -> str:
+    """Suppression matches ignore case entirely: mailbox providers treat local parts that way, and a
+    bounce for ``John@`` must stop mail to ``john@``."""
+    return normalize(addr_spec).lower()
+
+
+def _request_hash(request: SendRequest) -> str:
+    return hashlib.sha256(json.dumps(asdict(request), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _scope_for(principal: Principal, tenant: str | None) -> str:
+    """Global objects need admin; a tenant's own objects need manage on that tenant."""
+    if tenant is None:
+        _require(principal, Scope.ADMIN)
+        return GLOBAL_SCOPE
+    if not principal.sees_tenant(tenant):
+        raise NotFound("tenant", tenant)
+    _require(principal, Scope.MANAGE)
+    return tenant
+
+
+class OutboundService:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        blobs: BlobStore,
+        admin: AdminService,
+        *,
+        validate_connector: Callable[[ConnectorSpec], Sender],
+        hostname: str = "localhost",
+    ) -> None:
+        self._db = db
+        self._keyring = keyring
+        self._blobs = blobs
+        self._admin = admin
+        self._validate_connector = validate_connector
+        self._hostname = hostname
+        self._signers: dict[str, DkimSigner] = {}
+        self._queue_changed = asyncio.Event()
+        self.config_changed: list[Callable[[], None]] = []
+
+    # ----- the queue's wake-up -----
+
+    def wake(self) -> None:
+        self._queue_changed.set()
+        self._queue_changed = asyncio.Event()
+
+    async def wait_for_work(self) -> None:
+        """Returns when a message is accepted on this node (callers bound the wait themselves)."""
+        await self._queue_changed.wait()
+
+    # ----- sending -----
+
+    async def send(
+        self,
+        principal: Principal,
+        request: SendRequest,
+        *,
+        idempotency_key: str | None = None,
+        source: str = "api",
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        _require(principal, Scope.SEND)
+        tenant_id = _tenant_of(principal)
+        if request.template:
+            raise InvalidInput(f"unknown template {request.template!r}", field="template")
+        sender = _addresses([request.from_], "from")[0]
+        to, cc, bcc = (_addresses(request.to, "to"), _addresses(request.cc, "cc"), _addresses(request.bcc, "bcc"))
+        recipients = list(dict.fromkeys(normalize(a.addr_spec) for a in (*to, *cc, *bcc)))
+        if not recipients:
+            raise InvalidInput("at least one recipient (to, cc or bcc) is required", field="to")
+        if len(recipients) > MAX_RECIPIENTS:
+            raise InvalidInput(f"at most {MAX_RECIPIENTS} recipients per message", field="to")
+        draft = Draft(
+            from_=sender,
+            to=to,
+            cc=cc,
+            bcc=bcc,
+            reply_to=_addresses(request.reply_to, "reply_to"),
+            subject=request.subject,
+            text=request.text,
+            html=request.html,
+            attachments=_attachments(request.attachments),
+            headers=validate_extra_headers(request.headers),
+        )
+        ascii_domain = sender.ascii_domain
+        raw, message_id_header = compose(draft, message_id_domain=ascii_domain)
+        raw = await self._sign(tenant_id, ascii_domain, raw)
+        return await self._persist(
+            tenant_id,
+            raw,
+            mail_from=sender.ascii_addr_spec,
+            recipients=recipients,
+            summary={"subject": request.subject, "from": str(request.from_), "message_id": message_id_header},
+            tags=request.tags,
+            meta=request.metadata,
+            route=request.route,
+            send_at=request.send_at,
+            source=source,
+            idempotency=(idempotency_key, _request_hash(request)) if idempotency_key else None,
+        )
+
+    async def _persist(
+        self,
+        tenant_id: str,
+        raw: bytes,
+        *,
+        mail_from: str,
+        recipients: list[str],
+        summary: dict[str, Any],
+        tags: list[str],
+        meta: dict[str, Any],
+        route: str | None,
+        send_at: datetime | None,
+        source: str,
+        idempotency: tuple[str, str] | None,
+    ) -> dict[str, Any]:
+        blob = await self._blobs.put(raw)
+        now = utcnow()
+        message = MessageRecord(
+            id="msg_" + secrets.token_hex(10),
+            tenant_id=tenant_id,
+            created_at=now,
+            mail_from=mail_from,
+            blob_id=blob.id,
+            size=blob.size,
+            summary=summary,
+            tags=tags,
+            meta=meta,
+            route=route,
+            source=source,
+        )
+        due = max(send_at, now) if send_at else now
+        async with self._db.write() as conn:
+            if idempotency is not None:
+                seen = await repo.claim_idempotency_key(
+                    conn, tenant_id, idempotency[0], idempotency[1], now - IDEMPOTENCY_WINDOW
+                )
+                if seen is not None:
+                    if seen[0] != idempotency[1]:
+                        raise repo.conflict_for_key(idempotency[0])
+                    if seen[1] is not None:
+                        return seen[1]
+            suppressed = await repo.suppressed_among(conn, tenant_id, [_suppression_key(r) for r in recipients])
+            records = [
+                DeliveryRecord(
+                    id="dlv_" + secrets.token_hex(10),
+                    message_id=message.id,
+                    tenant_id=tenant_id,
+                    recipient=rcpt,
+                    domain=rcpt.rpartition("@")[2],
+                    status=DeliveryStatus.SUPPRESSED if _suppression_key(rcpt) in suppressed else DeliveryStatus.QUEUED,
+                    attempts=0,
+                    next_attempt_at=due,
+                    created_at=now,
+                    updated_at=now,
+                )
+                for rcpt in recipients
+            ]
+            await repo.insert_message(conn, self._keyring, message)
+            await repo.insert_deliveries(conn, records)
+            common = {"message_id": message.id, "tags": tags, "metadata": meta}
+            await self._admin.emit_in(
+                conn,
+                EventType.MESSAGE_ACCEPTED,
+                tenant_id=tenant_id,
+                object_id=message.id,
+                data={**common, "recipients": len(records), "size": blob.size, "source": source},
+            )
+            for record in records:
+                if record.status == DeliveryStatus.SUPPRESSED:
+                    await self._admin.emit_in(
+                        conn,
+                        EventType.DELIVERY_SUPPRESSED,
+                        tenant_id=tenant_id,
+                        object_id=record.id,
+                        data={**common, "recipient": record.recipient},
+                    )
+            response = {
+                "id": message.id,
+                "deliveries": [{"id": r.id, "recipient": r.recipient, "status": r.status.value} for r in records],
+            }
+            if idempotency is not None:
+                await repo.complete_idempotency_key(conn, tenant_id, idempotency[0], response)
+        self.wake()
+        return response
+
+    async def _sign(self, tenant_id: str, domain: str, raw: bytes) -> bytes:
+        async with self._db.read() as conn:
+            key = await repo.signing_key(conn, domain, tenant_id)
+        if key is None:
+            return raw
+        signer = self._signers.get(key.id)
+        if signer is None:
+            pem = await self._keyring.unseal(key.sealed_pem, f"dkim:{key.id}".encode())
+            signer = self._signers[key.id] = DkimSigner(key.domain, key.selector, pem)
+        return signer.sign(raw) + raw
+
+    # ----- reading and controlling messages -----
+
+    async def get_message(self, principal: Principal, message_id: str) -> MessageView:
+        async with self._db.read() as conn:
+            message = await repo.get_message(conn, self._keyring, message_id)
+            if message is None or not principal.sees_tenant(message.tenant_id) or not principal.can(Scope.READ):
+                raise NotFound("message", message_id)
+            deliveries = await repo.deliveries_of(conn, message_id)
+            attempts = await repo.attempts_of(conn, [d.id for d in deliveries])
+        return MessageView(message, deliveries, attempts)
+
+    async def cancel(self, principal: Principal, message_id: str, request_id: str | None = None) -> MessageView:
+        view = await self.get_message(principal, message_id)
+        _require(principal, Scope.SEND)
+        async with self._db.write() as conn:
+            moved = await repo.set_status(
+                conn,
+                message_id=message_id,
+                to=DeliveryStatus.CANCELLED,
+                from_statuses=(DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED, DeliveryStatus.HELD),
+            )
+            for delivery_id in moved:
+                await self._admin.emit_in(
+                    conn,
+                    EventType.DELIVERY_CANCELLED,
+                    tenant_id=view.message.tenant_id,
+                    object_id=delivery_id,
+                    data={"message_id": message_id},
+                )
+            await self._admin.audit_in(
+                conn,
+                principal,
+                "message.cancel",
+                tenant_id=view.message.tenant_id,
+                object_type="message",
+                object_id=message_id,
+                request_id=request_id,
+                details={"cancelled": len(moved)},
+            )
+        return await self.get_message(principal, message_id)
+
+    # ----- connectors, routes, DKIM -----
+
+    async def put_connector(
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        type: str,
+        config: dict[str, Any],
+        tenant: str | None = None,
+        request_id: str | None = None,
+    ) -> tuple[ConnectorSpec, bool]:
+        scope = _scope_for(principal, tenant)
+        now = utcnow()
+        probe = ConnectorSpec("probe", scope, name, type, config, now, now)
+        await self._validate_connector(probe).close()
+        async with self._db.write() as conn:
+            spec, created = await repo.put_connector(
+                conn,
+                self._keyring,
+                new_id="con_" + secrets.token_hex(8),
+                scope=scope,
+                name=name,
+                type=type,
+                config=config,
+            )
+            await self._admin.audit_in(
+                conn,
+                principal,
+                "connector.put",
+                tenant_id=scope or None,
+                object_type="connector",
+                object_id=spec.id,
+                request_id=request_id,
+                details={"name": name, "type": type, "created": created},
+            )
+        self._changed()
+        return spec, created
+
+    async def list_connectors(self, principal: Principal) -> list[ConnectorSpec]:
+        _require(principal, Scope.READ)
+        scopes = None if principal.is_admin else [principal.tenant_id or GLOBAL_SCOPE]
+        async with self._db.read() as conn:
+            return await repo.list_connectors(conn, self._keyring, scopes)
+
+    async def delete_connector(self, principal: Principal, connector_id: str, request_id: str | None = None) -> None:
+        async with self._db.write() as conn:
+            spec = await repo.get_connector(conn, self._keyring, connector_id)
+            if spec is None or not (principal.is_admin or (spec.scope and principal.sees_tenant(spec.scope))):
+                raise NotFound("connector", connector_id)
+            _scope_for(principal, spec.scope or None)
+            await repo.delete_connector(conn, connector_id)
+            await self._admin.audit_in(
+                conn,
+                principal,
+                "connector.delete",
+                tenant_id=spec.scope or None,
+                object_type="connector",
+                object_id=connector_id,
+                request_id=request_id,
+            )
+        self._changed()
+
+    async def put_route(
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        connectors: list[str],
+        match: dict[str, Any],
+        tenant: str | None = None,
+        request_id: str | None = None,
+    ) -> tuple[RouteSpec, bool]:
+        scope = _scope_for(principal, tenant)
+        if not connectors:
+            raise InvalidInput("a route needs at least one connector", field="connectors")
+        async with self._db.write() as conn:
+            known = {c.name for c in await repo.list_connectors(conn, self._keyring, [scope, GLOBAL_SCOPE])}
+            unknown = [c for c in connectors if c not in known]
+            if unknown:
+                raise InvalidInput(f"unknown connector(s): {', '.join(unknown)}", field="connectors")
+            route, created = await repo.put_route(
+                conn,
+                new_id="rte_" + secrets.token_hex(8),
+                scope=scope,
+                name=name,
+                connector_names=connectors,
+                match=match,
+            )
+            await self._admin.audit_in(
+                conn,
+                principal,
+                "route.put",
+                tenant_id=scope or None,
+                object_type="route",
+                object_id=route.id,
+                request_id=request_id,
+                details={"name": name, "connectors": connectors, "created": created},
+            )
+        self._changed()
+        return route, created
+
+    async def list_routes(self, principal: Principal) -> list[RouteSpec]:
+        _require(principal, Scope.READ)
+        scopes = [GLOBAL_SCOPE] + ([principal.tenant_id] if principal.tenant_id else [])
+        async with self._db.read() as conn:
+            return await repo.list_routes(conn, scopes)
+
+    def _changed(self) -> None:
+        for callback in self.config_changed:
+            callback()
+
+    async def generate_dkim(
+        self,
+        principal: Principal,
+        *,
+        domain: str,
+        selector: str,
+        algorithm: str = "rsa",
+        tenant: str | None = None,
+    ) -> str:
+        """Make a signing key for ``domain`` (stored encrypted) and return its DNS TXT record value."""
+        scope = _scope_for(principal, tenant)
+        try:
+            domain = domain.strip().lower().rstrip(".").encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidInput(f"{domain!r} is not a domain name", field="domain") from None
+        if "." not in domain or any(c in domain for c in " @/\\"):
+            raise InvalidInput(f"{domain!r} is not a domain name", field="domain")
+        if not selector or not all(c.isalnum() or c in "-_." for c in selector):
+            raise InvalidInput(f"{selector!r} is not a valid DKIM selector", field="selector")
+        if algorithm not in ("rsa", "ed25519"):
+            raise InvalidInput("algorithm must be rsa or ed25519", field="algorithm")
+        pem, dns_value = generate_key("rsa" if algorithm == "rsa" else "ed25519")
+        key_id = "dkm_" + secrets.token_hex(8)
+        async with self._db.write() as conn:
+            if not await repo.insert_dkim_key(
+                conn,
+                key_id=key_id,
+                scope=scope,
+                domain=domain,
+                selector=selector,
+                algorithm=algorithm,
+                sealed_pem=self._keyring.seal(pem, f"dkim:{key_id}".encode()),
+                dns_value=dns_value,
+            ):
+                raise Conflict(f"a DKIM key for {selector}._domainkey.{domain} already exists")
+            await self._admin.audit_in(
+                conn,
+                principal,
+                "dkim.generate",
+                tenant_id=scope or None,
+                object_type="dkim_key",
+                object_id=key_id,
+                request_id=None,
+                details={"domain": domain, "selector": selector, "algorithm": algorithm},
+            )
+        return dns_value
+
+    # ----- suppressions -----
+
+    async def suppress(
+        self,
+        principal: Principal,
+        address: str,
+        *,
+        reason: str = "manual",
+        request_id: str | None = None,
+    ) -> Suppression:
+        _require(principal, Scope.MANAGE)
+        tenant_id = _tenant_of(principal)
+        canonical = _suppression_key(_addresses([address], "address")[0].addr_spec)
+        async with self._db.write() as conn:
+            added = await repo.add_suppression(conn, tenant_id, canonical, reason)
+            if added:
+                await self._admin.audit_in(
+                    conn,
+                    principal,
+                    "suppression.add",
+                    tenant_id=tenant_id,
+                    object_type="suppression",
+                    object_id=canonical,
+                    request_id=request_id,
+                    details={"reason": reason},
+                )
+        return Suppression(canonical, reason, utcnow())
+
+    async def unsuppress(self, principal: Principal, address: str, request_id: str | None = None) -> None:
+        _require(principal, Scope.MANAGE)
+        tenant_id = _tenant_of(principal)
+        canonical = _suppression_key(_addresses([address], "address")[0].addr_spec)
+        async with self._db.write() as conn:
+            if not await repo.remove_suppression(conn, tenant_id, canonical):
+                raise NotFound("suppression", canonical)
+            await self._admin.audit_in(
+                conn,
+                principal,
+                "suppression.remove",
+                tenant_id=tenant_id,
+                object_type="suppression",
+                object_id=canonical,
+                request_id=request_id,
+            )
+
+    async def list_suppressions(self, principal: Principal, *, after: str | None, limit: int) -> list[Suppression]:
+        _require(principal, Scope.READ)
+        tenant_id = _tenant_of(principal)
+        async with self._db.read() as conn:
+            return await repo.list_suppressions(conn, tenant_id, after=after, limit=limit)
+
+    async def queue_counts(self, principal: Principal) -> dict[str, int]:
+        _require(principal, Scope.READ)
+        async with self._db.read() as conn:
+            return await repo.queue_counts(conn, None if principal.is_admin else _tenant_of(principal))

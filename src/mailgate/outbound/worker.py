@@ -1,0 +1,215 @@
+"""The delivery worker: claim due deliveries, send each message once per connector for all its due
+recipients, fail over along the route, and record every attempt with its SMTP reply.
+
+At-least-once: a claim is a lease; if this worker dies, the lease expires and another worker sends.
+An attempt's result is written only while the lease is still ours, so a worker that lost its lease
+cannot overwrite the newer owner's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from mailgate.admin.service import AdminService
+from mailgate.domain.delivery import Bounced, Deferred, Delivered, DeliveryOutcome, DeliveryStatus, Failed
+from mailgate.domain.errors import MailgateError, Unavailable
+from mailgate.domain.outbound import DeliveryRecord, MessageRecord
+from mailgate.domain.records import EventType
+from mailgate.observability.logging import get_logger
+from mailgate.observability.metrics import DELIVERIES, DELIVERY_LATENCY
+from mailgate.outbound.retry import RetryPolicy, next_step
+from mailgate.outbound.routing.router import Router
+from mailgate.outbound.service import OutboundService
+from mailgate.store import outbound as repo
+from mailgate.store.blobs import BlobStore
+from mailgate.store.database import Database
+from mailgate.store.keyring import Keyring
+from mailgate.store.types import utcnow
+
+log = get_logger("mailgate.outbound.worker")
+
+_EVENT = {
+    DeliveryStatus.SENT: EventType.DELIVERY_SENT,
+    DeliveryStatus.DEFERRED: EventType.DELIVERY_DEFERRED,
+    DeliveryStatus.BOUNCED: EventType.DELIVERY_BOUNCED,
+    DeliveryStatus.FAILED: EventType.DELIVERY_FAILED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    batch: int = 200
+    parallel: int = 32
+    lease: timedelta = timedelta(minutes=5)
+    poll_interval: float = 1.0
+
+
+def _reply_text(outcome: DeliveryOutcome) -> str:
+    match outcome:
+        case Delivered(reply) | Bounced(reply):
+            return str(reply)
+        case Deferred(reason, reply):
+            return str(reply) if reply else reason
+        case Failed(reason):
+            return reason
+    raise AssertionError(outcome)
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        blobs: BlobStore,
+        admin: AdminService,
+        outbound: OutboundService,
+        router: Router,
+        policy: RetryPolicy,
+        settings: WorkerSettings | None = None,
+    ) -> None:
+        self._db = db
+        self._keyring = keyring
+        self._blobs = blobs
+        self._admin = admin
+        self._outbound = outbound
+        self._router = router
+        self._policy = policy
+        self._settings = settings or WorkerSettings()
+        self.owner = f"{socket.gethostname()}:{secrets.token_hex(4)}"
+        self._slots = asyncio.Semaphore(self._settings.parallel)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("delivery worker started", owner=self.owner)
+        while not stop.is_set():
+            try:
+                claimed = await self.run_once()
+            except Unavailable as exc:
+                log.warning("queue unavailable; retrying", error=exc.detail)
+                claimed = 0
+            if claimed == 0:
+                waiter = asyncio.ensure_future(self._outbound.wait_for_work())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait(
+                    {waiter, stopper}, timeout=self._settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                stopper.cancel()
+        await self._router.close()
+
+    async def run_once(self) -> int:
+        """Claim one batch and deliver it; returns how many deliveries were claimed."""
+        async with self._db.write() as conn:
+            claimed = await repo.claim_due(
+                conn, owner=self.owner, now=utcnow(), lease=self._settings.lease, limit=self._settings.batch
+            )
+        by_message: dict[str, list[DeliveryRecord]] = defaultdict(list)
+        for delivery in claimed:
+            by_message[delivery.message_id].append(delivery)
+        await asyncio.gather(*(self._guarded(mid, group) for mid, group in by_message.items()))
+        return len(claimed)
+
+    async def _guarded(self, message_id: str, group: list[DeliveryRecord]) -> None:
+        async with self._slots:
+            try:
+                await self._deliver(message_id, group)
+            except MailgateError as exc:
+                # the lease expires and another pass retries; nothing is lost
+                log.error("delivery pass failed", message_id=message_id, error=exc.detail)
+
+    async def _deliver(self, message_id: str, group: list[DeliveryRecord]) -> None:
+        async with self._db.read() as conn:
+            message = await repo.get_message(conn, self._keyring, message_id)
+        if message is None:
+            return
+        raw = await self._blobs.get(message.blob_id)
+        sender_domain = message.mail_from.rpartition("@")[2]
+        plan = await self._router.plan(message.tenant_id, sender_domain, message.tags, message.route)
+        pending = {d.recipient: d for d in group}
+        results: dict[str, tuple[DeliveryOutcome, str | None, int]] = {}
+        if not plan.hops:
+            why = f"route {plan.route!r} has no usable connector" if plan.route else "no route matches this message"
+            if plan.missing:
+                why += f" (missing: {', '.join(plan.missing)})"
+            for rcpt in pending:
+                results[rcpt] = (Deferred(why, connector_fault=True), None, 0)
+        for hop in plan.hops:
+            if not pending:
+                break
+            if not hop.breaker.allow():
+                for rcpt in pending:
+                    results.setdefault(
+                        rcpt,
+                        (
+                            Deferred(f"connector {hop.spec.name} is down (circuit open)", connector_fault=True),
+                            hop.spec.name,
+                            0,
+                        ),
+                    )
+                continue
+            started = time.perf_counter()
+            outcomes = await hop.sender.send(message.mail_from, list(pending), raw)
+            elapsed = int((time.perf_counter() - started) * 1000)
+            path_failed = all(isinstance(o, Deferred) and o.connector_fault for o in outcomes.values())
+            if path_failed:
+                hop.breaker.failure()
+            else:
+                hop.breaker.success()
+            for rcpt, outcome in outcomes.items():
+                results[rcpt] = (outcome, hop.spec.name, elapsed)
+                if not (isinstance(outcome, Deferred) and outcome.connector_fault):
+                    pending.pop(rcpt, None)
+        await self._record(message, group, results)
+
+    async def _record(
+        self,
+        message: MessageRecord,
+        group: list[DeliveryRecord],
+        results: dict[str, tuple[DeliveryOutcome, str | None, int]],
+    ) -> None:
+        now = utcnow()
+        async with self._db.write() as conn:
+            for delivery in group:
+                outcome, connector, elapsed = results.get(
+                    delivery.recipient, (Deferred("connector returned no outcome", connector_fault=True), None, 0)
+                )
+                step = next_step(
+                    outcome, attempts=delivery.attempts + 1, queued_at=delivery.created_at, now=now, policy=self._policy
+                )
+                reply = _reply_text(step.final_outcome)
+                if not await repo.record_attempt(
+                    conn,
+                    delivery,
+                    owner=self.owner,
+                    status=step.status,
+                    next_attempt_at=step.next_attempt_at,
+                    connector=connector,
+                    reply=reply,
+                    duration_ms=elapsed,
+                ):
+                    log.warning("lease lost before recording; the new owner's result stands", delivery=delivery.id)
+                    continue
+                DELIVERIES.labels(step.status.value, connector or "none").inc()
+                if step.status == DeliveryStatus.SENT:
+                    DELIVERY_LATENCY.observe((now - message.created_at).total_seconds())
+                await self._admin.emit_in(
+                    conn,
+                    _EVENT[step.status],
+                    tenant_id=message.tenant_id,
+                    object_id=delivery.id,
+                    data={
+                        "message_id": message.id,
+                        "recipient": delivery.recipient,
+                        "connector": connector,
+                        "reply": reply,
+                        "attempts": delivery.attempts + 1,
+                        "next_attempt_at": step.next_attempt_at.isoformat() if step.next_attempt_at else None,
+                        "tags": message.tags,
+                        "metadata": message.meta,
+                    },
+                )
