@@ -7,9 +7,9 @@ any data dir or database and get exactly what ``mailgate serve`` runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -21,6 +21,7 @@ import uvicorn
 
 from mailgate import __version__
 from mailgate.admin.service import AdminService
+from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.api.app import create_app
 from mailgate.config import Settings, parse_hostport
 from mailgate.connectors.registry import build_sender
@@ -36,6 +37,8 @@ from mailgate.outbound.service import OutboundService
 from mailgate.outbound.worker import DeliveryWorker, WorkerSettings
 from mailgate.security.masterkeys import load_master_keys
 from mailgate.security.tls import TlsMaterial, ensure_tls
+from mailgate.servers.listen import bind_listener
+from mailgate.servers.smtp.submission import SubmissionHandler, SubmissionOptions, start_submission
 from mailgate.store.blobs import BlobStore
 from mailgate.store.database import Database
 from mailgate.store.keyring import Keyring
@@ -51,6 +54,7 @@ class Gateway:
     blobs: BlobStore
     admin: AdminService
     outbound: OutboundService
+    smtp_credentials: SmtpCredentials
     tls: TlsMaterial
 
     @classmethod
@@ -83,7 +87,8 @@ class Gateway:
         outbound = OutboundService(
             db, keyring, blobs, admin, validate_connector=build_sender, hostname=settings.tls.hostname
         )
-        return cls(settings, db, keyring, blobs, admin, outbound, tls)
+        smtp_credentials = SmtpCredentials(db, keyring, admin)
+        return cls(settings, db, keyring, blobs, admin, outbound, smtp_credentials, tls)
 
     def delivery_worker(self) -> DeliveryWorker:
         """A worker with its own router (connector pools and breakers live per worker)."""
@@ -144,26 +149,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 async def run_api(gw: Gateway, stop: asyncio.Event) -> None:
     settings = gw.settings
     host, port = parse_hostport(settings.http.listen)
     use_tls = settings.http.tls == "on" or (settings.http.tls == "auto" and not _is_loopback(host))
-    sock = _bind(host, port)
-    app = create_app(db=gw.db, admin=gw.admin, outbound=gw.outbound, max_wait=settings.events.max_wait)
+    sock = bind_listener(host, port)
+    app = create_app(
+        db=gw.db,
+        admin=gw.admin,
+        outbound=gw.outbound,
+        smtp_credentials=gw.smtp_credentials,
+        max_wait=settings.events.max_wait,
+        max_body=settings.http.max_body_size,
+    )
     tls_args: dict[str, Any] = (
         {"ssl_certfile": str(gw.tls.cert_file), "ssl_keyfile": str(gw.tls.key_file)} if use_tls else {}
     )
@@ -194,7 +192,40 @@ async def run_worker(gw: Gateway, stop: asyncio.Event) -> None:
     await gw.delivery_worker().run(stop)
 
 
-ROLES: dict[str, Role] = {"api": run_api, "worker": run_worker}
+async def run_submission(gw: Gateway, stop: asyncio.Event) -> None:
+    """The SMTP submission listener(s): STARTTLS on ``listen``, implicit TLS on ``tls_listen``."""
+    sub = gw.settings.submission
+    handler = SubmissionHandler(
+        gw.outbound.send_raw,
+        gw.smtp_credentials.authenticate,
+        SubmissionOptions(
+            hostname=sub.hostname,
+            max_message_size=sub.max_message_size,
+            max_recipients=sub.max_recipients,
+            allow_plaintext_auth=sub.allow_plaintext_auth,
+        ),
+    )
+    context = gw.tls.server_context()
+    servers = []
+    for listen, implicit in ((sub.listen, False), (sub.tls_listen, True)):
+        if not listen:
+            continue
+        host, port = parse_hostport(listen)
+        sock = bind_listener(host, port)
+        servers.append(await start_submission(handler, sock, tls_context=context, implicit_tls=implicit))
+        bound = sock.getsockname()
+        log.info("submission listening", host=bound[0], port=bound[1], tls="implicit" if implicit else "starttls")
+    try:
+        await stop.wait()
+    finally:
+        for server in servers:
+            server.close()
+        for server in servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), gw.settings.server.shutdown_timeout)
+
+
+ROLES: dict[str, Role] = {"api": run_api, "worker": run_worker, "submission": run_submission}
 
 
 def resolve_roles(requested: list[str]) -> list[str]:

@@ -41,6 +41,7 @@ apikeys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
 dkim_app = typer.Typer(help="DKIM signing keys.", no_args_is_help=True)
+smtp_app = typer.Typer(help="SMTP submission credentials.", no_args_is_help=True)
 for sub, name in (
     (config_app, "config"),
     (db_app, "db"),
@@ -49,6 +50,7 @@ for sub, name in (
     (audit_app, "audit"),
     (keys_app, "keys"),
     (dkim_app, "dkim"),
+    (smtp_app, "smtp-credentials"),
 ):
     app.add_typer(sub, name=name)
 
@@ -119,11 +121,16 @@ def serve(
     ctx: typer.Context,
     http: Annotated[str | None, typer.Option("--http", help="API address HOST:PORT (default 127.0.0.1:8025).")] = None,
     roles: Annotated[str | None, typer.Option("--roles", help="Comma-separated roles (default: all).")] = None,
+    submission: Annotated[
+        str | None, typer.Option("--submission", help="SMTP submission address HOST:PORT (default 127.0.0.1:1587).")
+    ] = None,
 ) -> None:
     """Run the gateway: every role in one process unless --roles narrows it."""
     overrides: dict[str, Any] = {}
     if http is not None:
         overrides["http"] = {"listen": http}
+    if submission is not None:
+        overrides["submission"] = {"listen": submission}
     if roles is not None:
         overrides["server"] = {"roles": roles}
     settings = _settings(ctx, **overrides)
@@ -228,6 +235,40 @@ def apikeys_list(
             "active" if k.active else "revoked",
         )
     out.print(table)
+
+
+@smtp_app.command("create")
+def smtp_credentials_create(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant name or id the credential sends for.")],
+) -> None:
+    """Create an SMTP submission username and password; prints `USERNAME PASSWORD` (shown once) last."""
+    credential, password = _run(_settings(ctx), lambda gw: gw.smtp_credentials.create(_cli_principal(), tenant))
+    err.print(f"created SMTP credential {credential.id} for tenant {credential.tenant_id}; the password is shown once:")
+    print(f"{credential.username} {password}")
+
+
+@smtp_app.command("list")
+def smtp_credentials_list(ctx: typer.Context) -> None:
+    """List SMTP credentials (never their passwords)."""
+    items = _run(_settings(ctx), lambda gw: gw.smtp_credentials.list(_cli_principal()))
+    table = Table("id", "tenant", "username", "created", "state")
+    for c in items:
+        table.add_row(
+            c.id,
+            c.tenant_id,
+            c.username,
+            c.created_at.isoformat(timespec="seconds"),
+            "active" if c.active else "revoked",
+        )
+    out.print(table)
+
+
+@smtp_app.command("revoke")
+def smtp_credentials_revoke(ctx: typer.Context, credential_id: str) -> None:
+    """Revoke an SMTP credential: new logins with it fail at once."""
+    credential = _run(_settings(ctx), lambda gw: gw.smtp_credentials.revoke(_cli_principal(), credential_id))
+    out.print(f"revoked {credential.id} ({credential.username})")
 
 
 @apikeys_app.command("revoke")

@@ -53,6 +53,12 @@ class HttpSettings(_Section):
     public_url: str | None = Field(
         None, description="URL clients use to reach the API, when behind a proxy (printed at start)."
     )
+    max_body_size: int = Field(
+        41943040,
+        ge=1024,
+        description="Largest request body in bytes (40 MiB: a 25 MiB message with base64 attachments); "
+        "larger ones get 413.",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -121,6 +127,50 @@ class QueueSettings(_Section):
     breaker_cooldown: float = Field(30.0, gt=0, description="Seconds an open circuit waits before one probe.")
 
 
+class DnsSettings(_Section):
+    servers: list[str] = Field(
+        default_factory=list,
+        description="Resolvers for MX, MTA-STS and sender checks (HOST or HOST:PORT, comma-separated). "
+        "Empty: the system's `/etc/resolv.conf`.",
+    )
+    timeout: float = Field(5.0, gt=0, le=60, description="Seconds one DNS lookup may take, all retries included.")
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _split_servers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        for item in value:
+            parse_hostport(item, 53)
+        return value
+
+
+class SubmissionSettings(_Section):
+    listen: str | None = Field(
+        "127.0.0.1:1587",
+        description="SMTP submission listener (HOST:PORT) with STARTTLS, run by the `submission` role; "
+        "`serve --submission` overrides.",
+    )
+    tls_listen: str | None = Field(
+        None, description="Optional implicit-TLS submission listener (HOST:PORT), as on port 465."
+    )
+    allow_plaintext_auth: bool = Field(
+        False, description="Offer AUTH before STARTTLS. Only for trusted loopback clients that cannot do TLS."
+    )
+    max_message_size: int = Field(
+        26214400, ge=1024, description="Largest message accepted, in bytes (SIZE extension; 25 MiB)."
+    )
+    max_recipients: int = Field(1000, ge=1, description="Recipients one message may have.")
+    hostname: str | None = Field(None, description="Name in the greeting and EHLO reply. Unset: the host's name.")
+
+    @field_validator("listen", "tls_listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value:
+            parse_hostport(value)
+        return value or None
+
+
 class EventSettings(_Section):
     max_wait: float = Field(60.0, ge=0, le=300, description="Longest `wait=` a long-poll may ask for.")
 
@@ -141,6 +191,8 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
     events: EventSettings = Field(default_factory=EventSettings)  # type: ignore[arg-type]
     queue: QueueSettings = Field(default_factory=QueueSettings)  # type: ignore[arg-type]
+    dns: DnsSettings = Field(default_factory=DnsSettings)  # type: ignore[arg-type]
+    submission: SubmissionSettings = Field(default_factory=SubmissionSettings)  # type: ignore[arg-type]
 
     @property
     def database_url(self) -> str:

@@ -5,119 +5,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import dkim
-import httpx2
 import pytest
 
 from mailgate.domain.tenancy import SYSTEM
 from mailgate.testing.smtp_sink import SmtpSink
-from tests.conftest import Api, free_port, make_settings
-
-FAST_QUEUE = {
-    "first_retry_delay": 0.3,
-    "max_retry_delay": 1.0,
-    "poll_interval": 0.1,
-    "breaker_threshold": 2,
-    "breaker_cooldown": 1.0,
-    "lease": 30,
-}
-
-
-@pytest.fixture
-async def node(tmp_path: Path, db_url: str) -> AsyncIterator[Api]:
-    """API and worker roles of one node, with a quick retry schedule."""
-    from mailgate.app import Gateway, run_api, run_worker
-
-    port = free_port()
-    settings = make_settings(tmp_path / "data", db_url, http={"listen": f"127.0.0.1:{port}"}, queue=FAST_QUEUE)
-    gw = await Gateway.open(settings)
-    token = await gw.admin.bootstrap_admin_key()
-    assert token
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(run_api(gw, stop)), asyncio.create_task(run_worker(gw, stop))]
-    api = Api(gw, f"http://127.0.0.1:{port}", token)
-    try:
-        for _ in range(200):
-            try:
-                if (await api.client.get("/healthz")).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                await asyncio.sleep(0.05)
-        yield api
-    finally:
-        await api.client.aclose()
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
-        await gw.close()
-
-
-@pytest.fixture
-async def sinks() -> AsyncIterator[list[SmtpSink]]:
-    started = [SmtpSink(), SmtpSink()]
-    for sink in started:
-        await sink.start()
-    try:
-        yield started
-    finally:
-        for sink in started:
-            await sink.stop()
-
-
-async def _setup(api: Api, sinks: list[SmtpSink]) -> str:
-    """A tenant with a send/read/manage key, two relays, and the default route through both."""
-    tenant = (await api.call("POST", "/v1/tenants", api.admin_key, json={"name": "acme"})).json()["id"]
-    for i, sink in enumerate(sinks, start=1):
-        r = await api.call(
-            "POST",
-            "/v1/connectors",
-            api.admin_key,
-            json={
-                "name": f"relay{i}",
-                "type": "smtp_relay",
-                "host": "127.0.0.1",
-                "port": sink.port,
-                "tls": "none",
-                "timeout": 3,
-            },
-        )
-        assert r.status_code == 201, r.text
-    r = await api.call("PUT", "/v1/routes/default", api.admin_key, json={"connectors": ["relay1", "relay2"]})
-    assert r.status_code in (200, 201), r.text
-    scopes = ["send", "read", "manage"]
-    r = await api.call("POST", "/v1/apikeys", api.admin_key, json={"tenant": tenant, "scopes": scopes})
-    return str(r.json()["key"])
-
-
-def _msg(rcpt: str, **extra: Any) -> dict[str, Any]:
-    return {"from": "App <app@acme.test>", "to": [rcpt], "subject": "hello", "text": "body", **extra}
-
-
-async def _wait_status(api: Api, key: str, message_id: str, want: str, timeout: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body: dict[str, Any] = (await api.call("GET", f"/v1/messages/{message_id}", key)).json()
-        if all(d["status"] == want for d in body["deliveries"]):
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {want} in time: {body}")
-        await asyncio.sleep(0.1)
+from tests.conftest import Api
+from tests.integration.conftest import msg, setup_tenant, wait_status
 
 
 async def test_rest_send_is_delivered_with_history(node: Api, sinks: list[SmtpSink]) -> None:
-    key = await _setup(node, sinks)
+    key = await setup_tenant(node, sinks)
     ids = []
     for i in range(10):
-        r = await node.call("POST", "/v1/messages", key, json=_msg(f"user{i}@example.net", tags=["t1"]))
+        r = await node.call("POST", "/v1/messages", key, json=msg(f"user{i}@example.net", tags=["t1"]))
         assert r.status_code == 202, r.text
         assert r.json()["deliveries"][0]["status"] == "queued"
         ids.append(r.json()["id"])
     await sinks[0].wait_for(10, timeout=20)
     assert len(sinks[0].messages) == 10 and not sinks[1].messages
-    body = await _wait_status(node, key, ids[0], "sent")
+    body = await wait_status(node, key, ids[0], "sent")
     delivery = body["deliveries"][0]
     assert delivery["history"][0]["connector"] == "relay1" and delivery["history"][0]["reply"].startswith("250")
     received = sinks[0].messages[0]
@@ -128,15 +37,15 @@ async def test_rest_send_is_delivered_with_history(node: Api, sinks: list[SmtpSi
 
 
 async def test_idempotency_key_sends_once(node: Api, sinks: list[SmtpSink]) -> None:
-    key = await _setup(node, sinks)
+    key = await setup_tenant(node, sinks)
     headers = {"Idempotency-Key": "abc-1"}
     first, second = await asyncio.gather(
-        node.call("POST", "/v1/messages", key, json=_msg("once@example.net"), headers=headers),
-        node.call("POST", "/v1/messages", key, json=_msg("once@example.net"), headers=headers),
+        node.call("POST", "/v1/messages", key, json=msg("once@example.net"), headers=headers),
+        node.call("POST", "/v1/messages", key, json=msg("once@example.net"), headers=headers),
     )
     assert first.status_code == second.status_code == 202
     assert first.json() == second.json()
-    other = await node.call("POST", "/v1/messages", key, json=_msg("twice@example.net"), headers=headers)
+    other = await node.call("POST", "/v1/messages", key, json=msg("twice@example.net"), headers=headers)
     assert other.status_code == 409
     await sinks[0].wait_for(1, timeout=10)
     await asyncio.sleep(1)
@@ -154,17 +63,17 @@ async def test_idempotency_key_sends_once(node: Api, sinks: list[SmtpSink]) -> N
     ],
 )
 async def test_bad_input_is_a_precise_422(node: Api, sinks: list[SmtpSink], field: str, value: Any) -> None:
-    key = await _setup(node, sinks)
-    r = await node.call("POST", "/v1/messages", key, json=_msg("x@example.net", **{field: value}))
+    key = await setup_tenant(node, sinks)
+    r = await node.call("POST", "/v1/messages", key, json=msg("x@example.net", **{field: value}))
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert field in r.text
 
 
 async def test_suppressed_recipients_get_no_delivery(node: Api, sinks: list[SmtpSink]) -> None:
-    key = await _setup(node, sinks)
+    key = await setup_tenant(node, sinks)
     assert (await node.call("POST", "/v1/suppressions", key, json={"address": "Gone@Example.NET"})).status_code == 201
-    r = await node.call("POST", "/v1/messages", key, json=_msg("gone@example.net", cc=["kept@example.net"]))
+    r = await node.call("POST", "/v1/messages", key, json=msg("gone@example.net", cc=["kept@example.net"]))
     statuses = {d["recipient"]: d["status"] for d in r.json()["deliveries"]}
     assert statuses["gone@example.net"] == "suppressed" and statuses["kept@example.net"] == "queued"
     await sinks[0].wait_for(1, timeout=10)
@@ -173,33 +82,33 @@ async def test_suppressed_recipients_get_no_delivery(node: Api, sinks: list[Smtp
 
 
 async def test_tempfail_is_retried_and_permfail_bounces(node: Api, sinks: list[SmtpSink]) -> None:
-    key = await _setup(node, sinks)
+    key = await setup_tenant(node, sinks)
     sinks[0].mode = "tempfail_rcpt"
     sinks[1].mode = "tempfail_rcpt"
-    r = await node.call("POST", "/v1/messages", key, json=_msg("later@example.net"))
+    r = await node.call("POST", "/v1/messages", key, json=msg("later@example.net"))
     mid = r.json()["id"]
-    await _wait_status(node, key, mid, "deferred")
+    await wait_status(node, key, mid, "deferred")
     sinks[0].mode = "accept"
     sinks[1].mode = "accept"
-    body = await _wait_status(node, key, mid, "sent")
+    body = await wait_status(node, key, mid, "sent")
     assert body["deliveries"][0]["attempts"] >= 2
     assert any(h["reply"].startswith("451") for h in body["deliveries"][0]["history"])
     sinks[0].mode = "permfail_rcpt"
-    r = await node.call("POST", "/v1/messages", key, json=_msg("nobody@example.net"))
-    body = await _wait_status(node, key, r.json()["id"], "bounced")
+    r = await node.call("POST", "/v1/messages", key, json=msg("nobody@example.net"))
+    body = await wait_status(node, key, r.json()["id"], "bounced")
     assert body["deliveries"][0]["last_reply"].startswith("550")
 
 
 async def test_failover_when_the_primary_dies_and_recovery(node: Api, sinks: list[SmtpSink]) -> None:
-    key = await _setup(node, sinks)
+    key = await setup_tenant(node, sinks)
     port = sinks[0].port
     await sinks[0].stop()
     ids = [
-        (await node.call("POST", "/v1/messages", key, json=_msg(f"fo{i}@example.net"))).json()["id"] for i in range(6)
+        (await node.call("POST", "/v1/messages", key, json=msg(f"fo{i}@example.net"))).json()["id"] for i in range(6)
     ]
     await sinks[1].wait_for(6, timeout=20)
     for mid in ids:
-        body = await _wait_status(node, key, mid, "sent")
+        body = await wait_status(node, key, mid, "sent")
         assert body["deliveries"][0]["last_connector"] == "relay2"
     down = (await node.call("GET", "/v1/events?types=connector.down", node.admin_key)).json()["items"]
     assert down and down[0]["data"]["connector"] == "relay1"
@@ -208,7 +117,7 @@ async def test_failover_when_the_primary_dies_and_recovery(node: Api, sinks: lis
     try:
         deadline = time.monotonic() + 20
         while not revived.messages and time.monotonic() < deadline:
-            await node.call("POST", "/v1/messages", key, json=_msg("again@example.net"))
+            await node.call("POST", "/v1/messages", key, json=msg("again@example.net"))
             await asyncio.sleep(0.5)
         assert revived.messages, "the primary is used again after its cooldown"
         up = (await node.call("GET", "/v1/events?types=connector.up", node.admin_key)).json()["items"]
@@ -218,14 +127,14 @@ async def test_failover_when_the_primary_dies_and_recovery(node: Api, sinks: lis
 
 
 async def test_dkim_signature_verifies_with_dkimpy(node: Api, sinks: list[SmtpSink]) -> None:
-    key = await _setup(node, sinks)
+    key = await setup_tenant(node, sinks)
     record = await node.gw.outbound.generate_dkim(SYSTEM, domain="acme.test", selector="s1")
     attachment = base64.b64encode(b"\x00\x01binary").decode()
     await node.call(
         "POST",
         "/v1/messages",
         key,
-        json=_msg("signed@example.net", html="<p>hi</p>", attachments=[{"filename": "a.bin", "content": attachment}]),
+        json=msg("signed@example.net", html="<p>hi</p>", attachments=[{"filename": "a.bin", "content": attachment}]),
     )
     await sinks[0].wait_for(1, timeout=10)
     data = sinks[0].messages[0].data
@@ -238,8 +147,8 @@ async def test_dkim_signature_verifies_with_dkimpy(node: Api, sinks: list[SmtpSi
 
 
 async def test_cancel_a_scheduled_message(node: Api, sinks: list[SmtpSink]) -> None:
-    key = await _setup(node, sinks)
-    r = await node.call("POST", "/v1/messages", key, json=_msg("later@example.net", send_at="2099-01-01T00:00:00Z"))
+    key = await setup_tenant(node, sinks)
+    r = await node.call("POST", "/v1/messages", key, json=msg("later@example.net", send_at="2099-01-01T00:00:00Z"))
     mid = r.json()["id"]
     cancelled = await node.call("DELETE", f"/v1/messages/{mid}", key)
     assert cancelled.json()["deliveries"][0]["status"] == "cancelled"
@@ -248,8 +157,8 @@ async def test_cancel_a_scheduled_message(node: Api, sinks: list[SmtpSink]) -> N
 
 
 async def test_other_tenants_messages_are_404(node: Api, sinks: list[SmtpSink]) -> None:
-    key = await _setup(node, sinks)
-    mid = (await node.call("POST", "/v1/messages", key, json=_msg("x@example.net"))).json()["id"]
+    key = await setup_tenant(node, sinks)
+    mid = (await node.call("POST", "/v1/messages", key, json=msg("x@example.net"))).json()["id"]
     other = (await node.call("POST", "/v1/tenants", node.admin_key, json={"name": "other"})).json()["id"]
     other_key = (
         await node.call("POST", "/v1/apikeys", node.admin_key, json={"tenant": other, "scopes": ["read", "send"]})

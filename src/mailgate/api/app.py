@@ -6,10 +6,13 @@ from fastapi import FastAPI
 
 from mailgate import __version__
 from mailgate.admin.service import AdminService
+from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.api import errors
 from mailgate.api.middleware import RequestContext
 from mailgate.api.routes import apikeys, connectors, health, messages, records, suppressions, tenants
+from mailgate.api.routes import smtp_credentials as smtp_credentials_routes
 from mailgate.api.schemas.common import Problem
+from mailgate.api.schemas.outbound import SendIn
 from mailgate.outbound.service import OutboundService
 from mailgate.store.database import Database
 
@@ -18,23 +21,35 @@ Errors are RFC 9457 `application/problem+json` with a stable `type`. Lists answe
 `{"items": [...], "next_cursor": ...}`; pass `cursor` back to get the next page (`null` at the end)."""
 
 
-def create_app(*, db: Database, admin: AdminService, outbound: OutboundService, max_wait: float = 60.0) -> FastAPI:
+def create_app(
+    *,
+    db: Database,
+    admin: AdminService,
+    outbound: OutboundService,
+    smtp_credentials: SmtpCredentials,
+    max_wait: float = 60.0,
+    max_body: int = 40 * 1024 * 1024,
+) -> FastAPI:
     app = FastAPI(title="mailgate", version=__version__, description=DESCRIPTION)
     app.state.db = db
     app.state.admin = admin
     app.state.outbound = outbound
+    app.state.smtp_credentials = smtp_credentials
     app.state.max_wait = max_wait
-    for module in (health, tenants, apikeys, records, connectors, messages, suppressions):
+    for module in (health, tenants, apikeys, records, connectors, messages, suppressions, smtp_credentials_routes):
         app.include_router(module.router)
     errors.install(app)
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, max_body=max_body)
     original_openapi = app.openapi
 
     def openapi() -> dict[str, object]:
+        """Adds the models routes document by hand (problem bodies, the JSON form of a raw-capable body)."""
         spec = original_openapi()
-        spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        for model in (Problem, SendIn):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mailgate.admin.service import AdminService
+from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.domain.errors import AuthenticationFailed
 from mailgate.domain.tenancy import Principal
 from mailgate.observability.logging import request_id_var
@@ -48,3 +49,11 @@ def outbound_service(request: Request) -> OutboundService:
 
 
 Outbound = Annotated[OutboundService, Depends(outbound_service)]
+
+
+def smtp_credentials_service(request: Request) -> SmtpCredentials:
+    service: SmtpCredentials = request.app.state.smtp_credentials
+    return service
+
+
+SmtpCredentialsDep = Annotated[SmtpCredentials, Depends(smtp_credentials_service)]

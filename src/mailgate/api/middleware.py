@@ -1,4 +1,4 @@
-"""Request id, access log and metrics for every request, as one pure ASGI middleware."""
+"""Request id, body size limit, access log and metrics for every request, as one pure ASGI middleware."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailgate.api.errors import unexpected_error_response
+from mailgate.api.errors import problem_response, unexpected_error_response
 from mailgate.observability.logging import get_logger, request_id_var
 from mailgate.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -16,9 +16,14 @@ log = get_logger("mailgate.api.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
 class RequestContext:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body: int = 40 * 1024 * 1024) -> None:
         self.app = app
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,8 +44,30 @@ class RequestContext:
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
+        received = 0
+
+        async def receive_limited() -> Message:
+            """Counts body bytes as they arrive: a chunked upload has no Content-Length to check first."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge
+            return message
+
         try:
-            await self.app(scope, receive, send_with_id)
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_body:
+                raise _BodyTooLarge
+            await self.app(scope, receive_limited, send_with_id)
+        except _BodyTooLarge:
+            if started:
+                raise
+            detail = f"the request body exceeds {self.max_body} bytes"
+            await problem_response(413, "too-large", "Request too large", detail, scope["path"])(
+                scope, receive, send_with_id
+            )
         except Exception as exc:
             log.exception("unhandled error", error=type(exc).__name__, path=scope["path"])
             if started:

@@ -22,6 +22,8 @@ class EventType(StrEnum):
     TENANT_CREATED = "tenant.created"
     APIKEY_CREATED = "apikey.created"
     APIKEY_REVOKED = "apikey.revoked"
+    SMTP_CREDENTIAL_CREATED = "smtp_credential.created"
+    SMTP_CREDENTIAL_REVOKED = "smtp_credential.revoked"
     KEYS_ROTATED = "keys.rotated"
     MESSAGE_ACCEPTED = "message.accepted"
     DELIVERY_SENT = "delivery.sent"

@@ -54,6 +54,21 @@ class ApiKey:
 
 
 @dataclass(frozen=True, slots=True)
+class SmtpCredential:
+    """A username and password for SMTP submission, bound to one tenant; it can only send."""
+
+    id: str
+    tenant_id: str
+    username: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """Who is acting: an API key, the CLI operator, or the gateway itself.
 

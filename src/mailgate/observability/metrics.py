@@ -52,3 +52,9 @@ CONNECTOR_STATE = Gauge(
     ["connector"],
     registry=REGISTRY,
 )
+SUBMISSIONS = Counter(
+    "mailgate_smtp_submissions_total",
+    "SMTP submission outcomes: accepted, refused, unavailable, error, auth_failed.",
+    ["outcome"],
+    registry=REGISTRY,
+)

@@ -37,6 +37,7 @@ from mailgate.domain.records import EventType
 from mailgate.domain.tenancy import Principal, Scope
 from mailgate.mime.compose import Attachment, Draft, compose
 from mailgate.mime.headers import validate_extra_headers
+from mailgate.mime.submitted import prepare
 from mailgate.outbound.dkim import DkimSigner, generate_key
 from mailgate.store import outbound as repo
 from mailgate.store.blobs import BlobStore
@@ -218,6 +219,54 @@ class OutboundService:
             send_at=request.send_at,
             source=source,
             idempotency=(idempotency_key, _request_hash(request)) if idempotency_key else None,
+        )
+
+    async def send_raw(
+        self,
+        principal: Principal,
+        raw: bytes,
+        *,
+        mail_from: str | None = None,
+        recipients: Sequence[str] | None = None,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        route: str | None = None,
+        send_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        source: str = "api",
+    ) -> dict[str, Any]:
+        """Queue a message the caller composed. The envelope defaults to the message's own From and
+        To/Cc/Bcc; ``X-Mailgate-*`` header instructions apply unless the caller's arguments say otherwise."""
+        _require(principal, Scope.SEND)
+        tenant_id = _tenant_of(principal)
+        submitted = prepare(raw, hostname=self._hostname)
+        header_from = _addresses(submitted.from_addresses[:1], "from")[0]
+        sender = _addresses([mail_from], "mail_from")[0] if mail_from else header_from
+        given = list(recipients) if recipients else submitted.header_recipients
+        rcpts = list(dict.fromkeys(normalize(a.addr_spec) for a in _addresses(given, "recipients")))
+        if not rcpts:
+            raise InvalidInput("the message names no recipient (give them in the envelope or To/Cc/Bcc)", field="to")
+        if len(rcpts) > MAX_RECIPIENTS:
+            raise InvalidInput(f"at most {MAX_RECIPIENTS} recipients per message", field="to")
+        signed = await self._sign(tenant_id, header_from.ascii_domain, submitted.raw)
+        key = idempotency_key or submitted.idempotency_key
+        # what the caller sent, not what prepare made of it: an added Date or Message-ID differs each time
+        fingerprint = hashlib.sha256(
+            json.dumps([sender.ascii_addr_spec, rcpts, route, list(tags), send_at and send_at.isoformat()]).encode()
+            + raw
+        ).hexdigest()
+        return await self._persist(
+            tenant_id,
+            signed,
+            mail_from=sender.ascii_addr_spec,
+            recipients=rcpts,
+            summary={"subject": submitted.subject, "from": header_from.addr_spec, "message_id": submitted.message_id},
+            tags=list(dict.fromkeys([*tags, *submitted.tags])),
+            meta=metadata or {},
+            route=route or submitted.route,
+            send_at=send_at,
+            source=source,
+            idempotency=(key, fingerprint) if key else None,
         )
 
     async def _persist(

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from mailgate.api.deps import Caller, Outbound, RequestId
 from mailgate.api.schemas.common import problems
 from mailgate.api.schemas.outbound import MessageOut, QueueOut, SendAccepted, SendIn
 from mailgate.outbound.service import AttachmentIn, SendRequest
+
+RAW_TYPES = ("message/rfc822", "message/global")
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SendIn"}},
+            "message/rfc822": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "A complete message. The envelope comes from the `mail_from` and `to` query "
+                "parameters, else from its From and To/Cc/Bcc headers; Bcc is removed before sending.",
+            },
+        },
+    }
+}
 
 router = APIRouter(tags=["messages"])
 
@@ -18,19 +37,52 @@ router = APIRouter(tags=["messages"])
     "/v1/messages",
     status_code=202,
     response_model=SendAccepted,
-    responses=problems(401, 403, 409, 422, 503),
+    responses=problems(401, 403, 409, 413, 415, 422, 503),
     summary="Send a message; 202 means it is stored and queued, one delivery per recipient",
+    openapi_extra=_BODY_DOC,
 )
 async def send(
-    body: SendIn,
+    request: Request,
     outbound: Outbound,
     caller: Caller,
     rid: RequestId,
     idempotency_key: Annotated[
         str | None, Header(max_length=200, description="Same key within 24 h: the first response, nothing sent again.")
     ] = None,
+    mail_from: Annotated[str | None, Query(description="Raw MIME only: the envelope sender.")] = None,
+    to: Annotated[list[str] | None, Query(description="Raw MIME only: envelope recipients (repeatable).")] = None,
+    tag: Annotated[list[str] | None, Query(description="Raw MIME only: tags (repeatable).")] = None,
+    route: Annotated[str | None, Query(description="Raw MIME only: the route to use.")] = None,
+    send_at: Annotated[datetime | None, Query(description="Raw MIME only: deliver at this time.")] = None,
 ) -> SendAccepted:
-    request = SendRequest(
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    raw = await request.body()
+    if content_type in RAW_TYPES:
+        result = await outbound.send_raw(
+            caller,
+            raw,
+            mail_from=mail_from,
+            recipients=to,
+            tags=tag or (),
+            route=route,
+            send_at=send_at,
+            idempotency_key=idempotency_key,
+        )
+        return SendAccepted.model_validate(result)
+    if content_type not in ("application/json", ""):
+        raise HTTPException(
+            415, f"Content-Type {content_type!r} is not accepted: send application/json or message/rfc822"
+        )
+    try:
+        body = SendIn.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False), body=raw[:1000]) from None
+    result = await outbound.send(caller, _send_request(body), idempotency_key=idempotency_key, request_id=rid)
+    return SendAccepted.model_validate(result)
+
+
+def _send_request(body: SendIn) -> SendRequest:
+    return SendRequest(
         from_=body.from_,
         to=body.to,
         cc=body.cc,
@@ -50,8 +102,6 @@ async def send(
         variables=body.variables,
         route=body.route,
     )
-    result = await outbound.send(caller, request, idempotency_key=idempotency_key, request_id=rid)
-    return SendAccepted.model_validate(result)
 
 
 @router.get("/v1/messages/{id}", response_model=MessageOut, responses=problems(401, 404, 503))

@@ -32,6 +32,8 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "The key lacks a required scope",
         404: "No such object for this tenant",
         409: "Conflicts with an existing object",
+        413: "The request body is larger than `http.max_body_size`",
+        415: "The Content-Type is not one the route accepts",
         422: "The body or parameters failed validation",
         503: "A dependency (database) is unavailable",
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import AwareDatetime, BaseModel, Field
 
-from mailgate.domain.tenancy import ApiKey, Scope, Tenant
+from mailgate.domain.tenancy import ApiKey, Scope, SmtpCredential, Tenant
 
 
 class TenantCreate(BaseModel):
@@ -61,3 +61,35 @@ class ApiKeyCreated(ApiKeyOut):
 class ApiKeyPage(BaseModel):
     items: list[ApiKeyOut]
     next_cursor: str | None
+
+
+class SmtpCredentialCreate(BaseModel):
+    tenant: str | None = Field(None, description="Tenant id or name; a tenant's own key may omit it.")
+
+
+class SmtpCredentialOut(BaseModel):
+    id: str
+    tenant: str
+    username: str
+    created_at: AwareDatetime
+    revoked_at: AwareDatetime | None
+    active: bool
+
+    @classmethod
+    def of(cls, c: SmtpCredential) -> SmtpCredentialOut:
+        return cls(
+            id=c.id,
+            tenant=c.tenant_id,
+            username=c.username,
+            created_at=c.created_at,
+            revoked_at=c.revoked_at,
+            active=c.active,
+        )
+
+
+class SmtpCredentialCreated(SmtpCredentialOut):
+    password: str = Field(description="Shown only in this response; store it now.")
+
+
+class SmtpCredentialList(BaseModel):
+    items: list[SmtpCredentialOut]

@@ -127,9 +127,41 @@ def upgrade() -> None:
     with op.batch_alter_table('attempts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_attempts_delivery_id'), ['delivery_id'], unique=False)
 
+    op.create_table('smtp_credentials',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('tenant_id', sa.String(length=32), nullable=False),
+    sa.Column('username', sa.String(length=64), nullable=False),
+    sa.Column('password_hash', sa.String(length=200), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_smtp_credentials_tenant_id_tenants'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_smtp_credentials')),
+    sa.UniqueConstraint('username', name=op.f('uq_smtp_credentials_username'))
+    )
+    with op.batch_alter_table('smtp_credentials', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_smtp_credentials_tenant_id'), ['tenant_id'], unique=False)
+
+    op.create_table('templates',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('tenant_id', sa.String(length=32), nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('subject', sa.Text(), nullable=False),
+    sa.Column('text', sa.Text(), nullable=True),
+    sa.Column('html', sa.Text(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_templates_tenant_id_tenants'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_templates')),
+    sa.UniqueConstraint('tenant_id', 'name', name=op.f('uq_templates_tenant_id_name'))
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('templates')
+    with op.batch_alter_table('smtp_credentials', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_smtp_credentials_tenant_id'))
+
+    op.drop_table('smtp_credentials')
     with op.batch_alter_table('attempts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_attempts_delivery_id'))
 

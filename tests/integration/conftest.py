@@ -1,0 +1,121 @@
+"""Fixtures for sending tests: a node with api, worker and submission roles, relay sinks, a tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import pytest
+
+from mailgate.testing.smtp_sink import SmtpSink
+from tests.conftest import Api, free_port, make_settings
+
+if TYPE_CHECKING:
+    from mailgate.app import Gateway
+
+FAST_QUEUE = {
+    "first_retry_delay": 0.3,
+    "max_retry_delay": 1.0,
+    "poll_interval": 0.1,
+    "breaker_threshold": 2,
+    "breaker_cooldown": 1.0,
+    "lease": 30,
+}
+
+
+class Node(Api):
+    """A node running the api, worker and submission roles on free loopback ports."""
+
+    def __init__(self, gw: Gateway, base: str, admin_key: str, submission_port: int) -> None:
+        super().__init__(gw, base, admin_key)
+        self.submission_port = submission_port
+
+
+@pytest.fixture
+async def node(tmp_path: Path, db_url: str) -> AsyncIterator[Node]:
+    """API, worker and submission roles of one node, with a quick retry schedule."""
+    from mailgate.app import Gateway, run_api, run_submission, run_worker
+
+    port, submission = free_port(), free_port()
+    settings = make_settings(
+        tmp_path / "data",
+        db_url,
+        http={"listen": f"127.0.0.1:{port}"},
+        queue=FAST_QUEUE,
+        submission={"listen": f"127.0.0.1:{submission}"},
+    )
+    gw = await Gateway.open(settings)
+    token = await gw.admin.bootstrap_admin_key()
+    assert token
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(role(gw, stop)) for role in (run_api, run_worker, run_submission)]
+    api = Node(gw, f"http://127.0.0.1:{port}", token, submission)
+    try:
+        for _ in range(200):
+            try:
+                if (await api.client.get("/healthz")).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                await asyncio.sleep(0.05)
+        yield api
+    finally:
+        await api.client.aclose()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        await gw.close()
+
+
+@pytest.fixture
+async def sinks() -> AsyncIterator[list[SmtpSink]]:
+    started = [SmtpSink(), SmtpSink()]
+    for sink in started:
+        await sink.start()
+    try:
+        yield started
+    finally:
+        for sink in started:
+            await sink.stop()
+
+
+async def setup_tenant(api: Api, sinks: list[SmtpSink]) -> str:
+    """A tenant with a send/read/manage key, two relays, and the default route through both."""
+    tenant = (await api.call("POST", "/v1/tenants", api.admin_key, json={"name": "acme"})).json()["id"]
+    for i, sink in enumerate(sinks, start=1):
+        r = await api.call(
+            "POST",
+            "/v1/connectors",
+            api.admin_key,
+            json={
+                "name": f"relay{i}",
+                "type": "smtp_relay",
+                "host": "127.0.0.1",
+                "port": sink.port,
+                "tls": "none",
+                "timeout": 3,
+            },
+        )
+        assert r.status_code == 201, r.text
+    r = await api.call("PUT", "/v1/routes/default", api.admin_key, json={"connectors": ["relay1", "relay2"]})
+    assert r.status_code in (200, 201), r.text
+    scopes = ["send", "read", "manage"]
+    r = await api.call("POST", "/v1/apikeys", api.admin_key, json={"tenant": tenant, "scopes": scopes})
+    return str(r.json()["key"])
+
+
+def msg(rcpt: str, **extra: Any) -> dict[str, Any]:
+    return {"from": "App <app@acme.test>", "to": [rcpt], "subject": "hello", "text": "body", **extra}
+
+
+async def wait_status(api: Api, key: str, message_id: str, want: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = (await api.call("GET", f"/v1/messages/{message_id}", key)).json()
+        if all(d["status"] == want for d in body["deliveries"]):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {want} in time: {body}")
+        await asyncio.sleep(0.1)
