@@ -17,6 +17,7 @@ from typing import Literal
 
 import aiosmtplib
 
+from mailgate.connectors.oauth2 import TokenError, TokenManager
 from mailgate.domain.delivery import Bounced, Deferred, Delivered, DeliveryOutcome, Reply
 
 TlsMode = Literal["none", "starttls", "implicit"]
@@ -167,6 +168,8 @@ class SessionOptions:
     helo_name: str
     username: str | None = None
     password: str | None = None
+    oauth: TokenManager | None = None
+    """With a username: log in with AUTH XOAUTH2 and this manager's tokens instead of the password."""
 
     @property
     def where(self) -> str:
@@ -216,7 +219,10 @@ async def open_session(opts: SessionOptions) -> aiosmtplib.SMTP:
             stage = "AUTH"
             if not client.supports_extension("auth"):
                 raise PathFailure(f"{opts.where} does not offer AUTH, but the connector has credentials")
-            await client.login(opts.username, opts.password or "")
+            if opts.oauth is None:
+                await client.login(opts.username, opts.password or "")
+            else:
+                await _login_xoauth2(client, opts.username, opts.oauth, opts.where)
     except PathFailure:
         client.close()
         raise
@@ -227,6 +233,26 @@ async def open_session(opts: SessionOptions) -> aiosmtplib.SMTP:
         client.close()
         raise
     return client
+
+
+async def _login_xoauth2(client: aiosmtplib.SMTP, username: str, tokens: TokenManager, where: str) -> None:
+    """A rejected token is retried once with a fresh one: servers revoke tokens before their expiry
+    time (password change, admin action), and only a new token tells that apart from credentials
+    that no longer work."""
+    if "xoauth2" not in client.server_auth_methods:
+        raise PathFailure(f"{where} does not offer AUTH XOAUTH2, but the connector is set to auth=xoauth2")
+    for attempt in range(2):
+        try:
+            token = await tokens.token()
+        except TokenError as exc:
+            raise PathFailure(f"no OAuth2 access token to log in to {where}: {exc.reason}") from exc
+        try:
+            await client.auth_xoauth2(username, token)
+            return
+        except aiosmtplib.SMTPAuthenticationError:
+            if attempt:
+                raise
+            tokens.invalidate(token)
 
 
 def _utf8_refusal(where: str) -> tuple[Reply, str]:

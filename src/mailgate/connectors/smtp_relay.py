@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +27,7 @@ from mailgate.connectors._smtp import (
     valid_helo_name,
 )
 from mailgate.connectors.base import Sender
+from mailgate.connectors.oauth2 import TokenManager, endpoint_problem
 from mailgate.domain.delivery import DeliveryOutcome, Failed
 from mailgate.domain.errors import InvalidInput
 
@@ -34,7 +35,13 @@ from mailgate.domain.errors import InvalidInput
 @dataclass(frozen=True)
 class SmtpRelayConfig:
     """``tls="starttls"`` *requires* STARTTLS: a relay that stops offering it (or a man in the middle
-    stripping it) must not get credentials and mail in clear text, so that is a connector fault."""
+    stripping it) must not get credentials and mail in clear text, so that is a connector fault.
+
+    ``auth="xoauth2"`` logs in as ``username`` with AUTH XOAUTH2 (Gmail, Exchange Online), using an
+    access token from ``token_url``: with ``refresh_token``, the refresh-token grant (a user's consent;
+    ``client_secret`` unless the client is public); without it, the client-credentials grant with
+    ``client_secret`` and ``scope`` (Exchange Online: https://outlook.office365.com/.default).
+    """
 
     host: str
     port: int
@@ -48,6 +55,12 @@ class SmtpRelayConfig:
     validate_certs: bool = True
     ca_file: str | None = None
     helo_name: str | None = None
+    auth: Literal["password", "xoauth2"] = "password"
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    refresh_token: str | None = None
+    scope: str | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InvalidInput:
@@ -69,6 +82,29 @@ class SmtpRelayConfig:
                 raise bad(name, "must be at least 1")
         if self.helo_name is not None and not valid_helo_name(self.helo_name):
             raise bad("helo_name", "must be a host name without spaces or control characters")
+        self._check_oauth(bad)
+
+    def _check_oauth(self, bad: Callable[[str, str], InvalidInput]) -> None:
+        oauth_fields = ("token_url", "client_id", "client_secret", "refresh_token", "scope")
+        if self.auth == "password":
+            for name in oauth_fields:
+                if getattr(self, name) is not None:
+                    raise bad(name, "is used only with auth=xoauth2")
+            return
+        if self.auth != "xoauth2":
+            raise bad("auth", "must be one of password, xoauth2")
+        if self.username is None:
+            raise bad("username", "auth=xoauth2 needs the mailbox to log in as")
+        if self.password is not None:
+            raise bad("password", "auth=xoauth2 logs in with a token, not a password")
+        for name in ("token_url", "client_id"):
+            if not getattr(self, name):
+                raise bad(name, "is required with auth=xoauth2")
+        problem = endpoint_problem(self.token_url or "")
+        if problem:
+            raise bad("token_url", problem)
+        if self.refresh_token is None and not (self.client_secret and self.scope):
+            raise bad("refresh_token", "auth=xoauth2 needs a refresh_token, or client_secret and scope")
 
 
 @dataclass(eq=False)
@@ -103,6 +139,7 @@ class SmtpRelaySender(Sender):
         self._generation = 0
         self._busy = 0
         self._reaper: asyncio.Task[None] | None = None
+        self._tokens = _token_manager(config)
 
     @property
     def open_connections(self) -> int:
@@ -184,6 +221,7 @@ class SmtpRelaySender(Sender):
                 helo_name=self._helo_name,
                 username=cfg.username,
                 password=cfg.password,
+                oauth=self._tokens,
             )
         )
         return _Connection(client, self._generation)
@@ -241,3 +279,28 @@ class SmtpRelaySender(Sender):
             reaper.cancel()
             await asyncio.wait([reaper])
         await asyncio.gather(*(self._quit(c) for c in idle))
+        if self._tokens is not None:
+            await self._tokens.aclose()
+
+
+def _token_manager(config: SmtpRelayConfig) -> TokenManager | None:
+    if config.auth != "xoauth2":
+        return None
+    assert config.token_url is not None and config.client_id is not None
+    if config.refresh_token is not None:
+        return TokenManager.refresh_token(
+            config.token_url,
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+            refresh_token=config.refresh_token,
+            scope=config.scope,
+            timeout=config.timeout,
+        )
+    assert config.client_secret is not None and config.scope is not None
+    return TokenManager.client_credentials(
+        config.token_url,
+        client_id=config.client_id,
+        client_secret=config.client_secret,
+        scope=config.scope,
+        timeout=config.timeout,
+    )
