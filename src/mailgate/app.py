@@ -24,7 +24,8 @@ from mailgate.admin.service import AdminService
 from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.api.app import create_app
 from mailgate.config import Settings, parse_hostport
-from mailgate.connectors.registry import build_sender
+from mailgate.connectors.dns import DnsResolver
+from mailgate.connectors.registry import ConnectorFactory
 from mailgate.domain.errors import ConfigurationError, MailgateError
 from mailgate.domain.outbound import ConnectorSpec
 from mailgate.domain.records import EventType
@@ -34,6 +35,7 @@ from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.routing.breaker import BreakerState
 from mailgate.outbound.routing.router import Router
 from mailgate.outbound.service import OutboundService
+from mailgate.outbound.templates import TemplateService
 from mailgate.outbound.worker import DeliveryWorker, WorkerSettings
 from mailgate.security.masterkeys import load_master_keys
 from mailgate.security.tls import TlsMaterial, ensure_tls
@@ -54,7 +56,9 @@ class Gateway:
     blobs: BlobStore
     admin: AdminService
     outbound: OutboundService
+    templates: TemplateService
     smtp_credentials: SmtpCredentials
+    connectors: ConnectorFactory
     tls: TlsMaterial
 
     @classmethod
@@ -84,11 +88,20 @@ class Gateway:
         blobs = BlobStore(db, keyring, location, settings.data_dir / "blobs")
         tls = ensure_tls(settings.data_dir, settings.tls.cert_file, settings.tls.key_file, settings.tls.hostname)
         admin = AdminService(db, keyring)
+        resolver = DnsResolver([parse_hostport(s, 53) for s in settings.dns.servers], timeout=settings.dns.timeout)
+        connectors = ConnectorFactory(resolver)
+        templates = TemplateService(db, admin)
         outbound = OutboundService(
-            db, keyring, blobs, admin, validate_connector=build_sender, hostname=settings.tls.hostname
+            db,
+            keyring,
+            blobs,
+            admin,
+            templates=templates,
+            validate_connector=connectors,
+            hostname=settings.tls.hostname,
         )
         smtp_credentials = SmtpCredentials(db, keyring, admin)
-        return cls(settings, db, keyring, blobs, admin, outbound, smtp_credentials, tls)
+        return cls(settings, db, keyring, blobs, admin, outbound, templates, smtp_credentials, connectors, tls)
 
     def delivery_worker(self) -> DeliveryWorker:
         """A worker with its own router (connector pools and breakers live per worker)."""
@@ -96,7 +109,7 @@ class Gateway:
         router = Router(
             self.db,
             self.keyring,
-            build_sender,
+            self.connectors,
             on_breaker_change=self._breaker_changed,
             breaker_threshold=q.breaker_threshold,
             breaker_cooldown=q.breaker_cooldown,
@@ -159,6 +172,7 @@ async def run_api(gw: Gateway, stop: asyncio.Event) -> None:
         admin=gw.admin,
         outbound=gw.outbound,
         smtp_credentials=gw.smtp_credentials,
+        templates=gw.templates,
         max_wait=settings.events.max_wait,
         max_body=settings.http.max_body_size,
     )

@@ -7,6 +7,7 @@ the offending key the way the user wrote it, so a typo in the file or a bad vari
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -130,7 +131,7 @@ class QueueSettings(_Section):
 class DnsSettings(_Section):
     servers: list[str] = Field(
         default_factory=list,
-        description="Resolvers for MX, MTA-STS and sender checks (HOST or HOST:PORT, comma-separated). "
+        description="Resolvers for MX, MTA-STS and sender checks (IP or IP:PORT, comma-separated). "
         "Empty: the system's `/etc/resolv.conf`.",
     )
     timeout: float = Field(5.0, gt=0, le=60, description="Seconds one DNS lookup may take, all retries included.")
@@ -141,7 +142,11 @@ class DnsSettings(_Section):
         if isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
         for item in value:
-            parse_hostport(item, 53)
+            host, _ = parse_hostport(item, 53)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"{item!r}: a resolver is given by IP address, not by name") from None
         return value
 
 

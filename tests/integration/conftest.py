@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import pytest
 
+from mailgate.testing.dns_server import DnsServer
 from mailgate.testing.smtp_sink import SmtpSink
 from tests.conftest import Api, free_port, make_settings
 
@@ -30,9 +31,10 @@ FAST_QUEUE = {
 class Node(Api):
     """A node running the api, worker and submission roles on free loopback ports."""
 
-    def __init__(self, gw: Gateway, base: str, admin_key: str, submission_port: int) -> None:
+    def __init__(self, gw: Gateway, base: str, admin_key: str, submission_port: int, dns: DnsServer) -> None:
         super().__init__(gw, base, admin_key)
         self.submission_port = submission_port
+        self.dns = dns
 
 
 @pytest.fixture
@@ -41,19 +43,22 @@ async def node(tmp_path: Path, db_url: str) -> AsyncIterator[Node]:
     from mailgate.app import Gateway, run_api, run_submission, run_worker
 
     port, submission = free_port(), free_port()
+    dns = DnsServer()  # the node's only resolver: no test reaches the system's
+    await dns.start()
     settings = make_settings(
         tmp_path / "data",
         db_url,
         http={"listen": f"127.0.0.1:{port}"},
         queue=FAST_QUEUE,
         submission={"listen": f"127.0.0.1:{submission}"},
+        dns={"servers": [f"127.0.0.1:{dns.port}"], "timeout": 2},
     )
     gw = await Gateway.open(settings)
     token = await gw.admin.bootstrap_admin_key()
     assert token
     stop = asyncio.Event()
     tasks = [asyncio.create_task(role(gw, stop)) for role in (run_api, run_worker, run_submission)]
-    api = Node(gw, f"http://127.0.0.1:{port}", token, submission)
+    api = Node(gw, f"http://127.0.0.1:{port}", token, submission, dns)
     try:
         for _ in range(200):
             try:
@@ -67,6 +72,7 @@ async def node(tmp_path: Path, db_url: str) -> AsyncIterator[Node]:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
         await gw.close()
+        await dns.stop()
 
 
 @pytest.fixture

@@ -11,9 +11,11 @@ from mailgate.api import errors
 from mailgate.api.middleware import RequestContext
 from mailgate.api.routes import apikeys, connectors, health, messages, records, suppressions, tenants
 from mailgate.api.routes import smtp_credentials as smtp_credentials_routes
+from mailgate.api.routes import templates as templates_routes
 from mailgate.api.schemas.common import Problem
 from mailgate.api.schemas.outbound import SendIn
 from mailgate.outbound.service import OutboundService
+from mailgate.outbound.templates import TemplateService
 from mailgate.store.database import Database
 
 DESCRIPTION = """mailgate's REST API. Authenticate with `Authorization: Bearer <API key>`.
@@ -27,6 +29,7 @@ def create_app(
     admin: AdminService,
     outbound: OutboundService,
     smtp_credentials: SmtpCredentials,
+    templates: TemplateService,
     max_wait: float = 60.0,
     max_body: int = 40 * 1024 * 1024,
 ) -> FastAPI:
@@ -35,8 +38,19 @@ def create_app(
     app.state.admin = admin
     app.state.outbound = outbound
     app.state.smtp_credentials = smtp_credentials
+    app.state.templates = templates
     app.state.max_wait = max_wait
-    for module in (health, tenants, apikeys, records, connectors, messages, suppressions, smtp_credentials_routes):
+    for module in (
+        health,
+        tenants,
+        apikeys,
+        records,
+        connectors,
+        messages,
+        suppressions,
+        smtp_credentials_routes,
+        templates_routes,
+    ):
         app.include_router(module.router)
     errors.install(app)
     app.add_middleware(RequestContext, max_body=max_body)

@@ -13,6 +13,7 @@ from mailgate.domain.errors import AuthenticationFailed
 from mailgate.domain.tenancy import Principal
 from mailgate.observability.logging import request_id_var
 from mailgate.outbound.service import OutboundService
+from mailgate.outbound.templates import TemplateService
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mg_...`")
 
@@ -57,3 +58,11 @@ def smtp_credentials_service(request: Request) -> SmtpCredentials:
 
 
 SmtpCredentialsDep = Annotated[SmtpCredentials, Depends(smtp_credentials_service)]
+
+
+def template_service(request: Request) -> TemplateService:
+    service: TemplateService = request.app.state.templates
+    return service
+
+
+Templates = Annotated[TemplateService, Depends(template_service)]

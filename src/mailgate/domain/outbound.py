@@ -92,6 +92,18 @@ class Suppression:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TemplateRecord:
+    id: str
+    tenant_id: str
+    name: str
+    subject: str
+    text: str | None
+    html: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
 @dataclass(slots=True)
 class QueueCounts:
     by_status: dict[str, int] = field(default_factory=dict)

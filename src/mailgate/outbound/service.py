@@ -15,9 +15,11 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.admin.service import AdminService
 from mailgate.connectors.base import Sender
@@ -39,8 +41,9 @@ from mailgate.mime.compose import Attachment, Draft, compose
 from mailgate.mime.headers import validate_extra_headers
 from mailgate.mime.submitted import prepare
 from mailgate.outbound.dkim import DkimSigner, generate_key
+from mailgate.outbound.templates import TemplateService
 from mailgate.store import outbound as repo
-from mailgate.store.blobs import BlobStore
+from mailgate.store.blobs import BlobRef, BlobStore
 from mailgate.store.database import Database
 from mailgate.store.keyring import Keyring
 from mailgate.store.types import utcnow
@@ -76,6 +79,28 @@ class SendRequest:
     template: str | None = None
     variables: dict[str, Any] = field(default_factory=dict)
     route: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecipient:
+    to: str
+    variables: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """A message ready to store: composed, signed, with its envelope and bookkeeping."""
+
+    raw: bytes
+    mail_from: str
+    recipients: list[str]
+    summary: dict[str, Any]
+    tags: list[str]
+    meta: dict[str, Any]
+    route: str | None
+    send_at: datetime | None
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +172,11 @@ class OutboundService:
         blobs: BlobStore,
         admin: AdminService,
         *,
+        templates: TemplateService,
         validate_connector: Callable[[ConnectorSpec], Sender],
         hostname: str = "localhost",
     ) -> None:
+        self._templates = templates
         self._db = db
         self._keyring = keyring
         self._blobs = blobs
@@ -183,8 +210,55 @@ class OutboundService:
     ) -> dict[str, Any]:
         _require(principal, Scope.SEND)
         tenant_id = _tenant_of(principal)
+        outgoing = await self._build(tenant_id, request, source)
+        idempotency = (idempotency_key, _request_hash(request)) if idempotency_key else None
+        return await self._persist(tenant_id, [outgoing], idempotency, batch=False)
+
+    async def send_batch(
+        self,
+        principal: Principal,
+        base: SendRequest,
+        recipients: Sequence[BatchRecipient],
+        *,
+        idempotency_key: str | None = None,
+        source: str = "api",
+    ) -> dict[str, Any]:
+        """One personalised message per recipient (its own variables and metadata over the common ones),
+        all stored in one transaction: the batch is accepted whole or not at all."""
+        _require(principal, Scope.SEND)
+        tenant_id = _tenant_of(principal)
+        if not recipients:
+            raise InvalidInput("a batch needs at least one recipient", field="recipients")
+        if len(recipients) > MAX_RECIPIENTS:
+            raise InvalidInput(f"at most {MAX_RECIPIENTS} recipients per batch", field="recipients")
+        items = []
+        for i, one in enumerate(recipients):
+            request = replace(
+                base,
+                to=[one.to],
+                cc=[],
+                bcc=[],
+                variables={**base.variables, **one.variables},
+                metadata={**base.metadata, **one.metadata},
+            )
+            try:
+                items.append(await self._build(tenant_id, request, source))
+            except InvalidInput as exc:
+                raise InvalidInput(f"recipients[{i}]: {exc.detail}", field=f"recipients[{i}]") from None
+        fingerprint = hashlib.sha256(
+            json.dumps([asdict(base), [asdict(r) for r in recipients]], sort_keys=True, default=str).encode()
+        ).hexdigest()
+        idempotency = (idempotency_key, fingerprint) if idempotency_key else None
+        return await self._persist(tenant_id, items, idempotency, batch=True)
+
+    async def _build(self, tenant_id: str, request: SendRequest, source: str) -> _Outgoing:
+        """Validate, render, compose and sign one message: everything that needs no transaction."""
+        subject, text, html = request.subject, request.text, request.html
         if request.template:
-            raise InvalidInput(f"unknown template {request.template!r}", field="template")
+            rendered = await self._templates.render_for(tenant_id, request.template, request.variables)
+            subject = subject or rendered.subject
+            text = rendered.text if text is None else text
+            html = rendered.html if html is None else html
         sender = _addresses([request.from_], "from")[0]
         to, cc, bcc = (_addresses(request.to, "to"), _addresses(request.cc, "cc"), _addresses(request.bcc, "bcc"))
         recipients = list(dict.fromkeys(normalize(a.addr_spec) for a in (*to, *cc, *bcc)))
@@ -198,27 +272,24 @@ class OutboundService:
             cc=cc,
             bcc=bcc,
             reply_to=_addresses(request.reply_to, "reply_to"),
-            subject=request.subject,
-            text=request.text,
-            html=request.html,
+            subject=subject,
+            text=text,
+            html=html,
             attachments=_attachments(request.attachments),
             headers=validate_extra_headers(request.headers),
         )
         ascii_domain = sender.ascii_domain
         raw, message_id_header = compose(draft, message_id_domain=ascii_domain)
-        raw = await self._sign(tenant_id, ascii_domain, raw)
-        return await self._persist(
-            tenant_id,
-            raw,
+        return _Outgoing(
+            raw=await self._sign(tenant_id, ascii_domain, raw),
             mail_from=sender.ascii_addr_spec,
             recipients=recipients,
-            summary={"subject": request.subject, "from": str(request.from_), "message_id": message_id_header},
+            summary={"subject": subject, "from": str(request.from_), "message_id": message_id_header},
             tags=request.tags,
             meta=request.metadata,
             route=request.route,
             send_at=request.send_at,
             source=source,
-            idempotency=(idempotency_key, _request_hash(request)) if idempotency_key else None,
         )
 
     async def send_raw(
@@ -248,16 +319,14 @@ class OutboundService:
             raise InvalidInput("the message names no recipient (give them in the envelope or To/Cc/Bcc)", field="to")
         if len(rcpts) > MAX_RECIPIENTS:
             raise InvalidInput(f"at most {MAX_RECIPIENTS} recipients per message", field="to")
-        signed = await self._sign(tenant_id, header_from.ascii_domain, submitted.raw)
         key = idempotency_key or submitted.idempotency_key
         # what the caller sent, not what prepare made of it: an added Date or Message-ID differs each time
         fingerprint = hashlib.sha256(
             json.dumps([sender.ascii_addr_spec, rcpts, route, list(tags), send_at and send_at.isoformat()]).encode()
             + raw
         ).hexdigest()
-        return await self._persist(
-            tenant_id,
-            signed,
+        outgoing = _Outgoing(
+            raw=await self._sign(tenant_id, header_from.ascii_domain, submitted.raw),
             mail_from=sender.ascii_addr_spec,
             recipients=rcpts,
             summary={"subject": submitted.subject, "from": header_from.addr_spec, "message_id": submitted.message_id},
@@ -266,40 +335,20 @@ class OutboundService:
             route=route or submitted.route,
             send_at=send_at,
             source=source,
-            idempotency=(key, fingerprint) if key else None,
         )
+        return await self._persist(tenant_id, [outgoing], (key, fingerprint) if key else None, batch=False)
 
     async def _persist(
         self,
         tenant_id: str,
-        raw: bytes,
-        *,
-        mail_from: str,
-        recipients: list[str],
-        summary: dict[str, Any],
-        tags: list[str],
-        meta: dict[str, Any],
-        route: str | None,
-        send_at: datetime | None,
-        source: str,
+        items: Sequence[_Outgoing],
         idempotency: tuple[str, str] | None,
+        *,
+        batch: bool,
     ) -> dict[str, Any]:
-        blob = await self._blobs.put(raw)
+        """Store the messages, their deliveries and events in one transaction; only then answer."""
+        blobs = [await self._blobs.put(item.raw) for item in items]
         now = utcnow()
-        message = MessageRecord(
-            id="msg_" + secrets.token_hex(10),
-            tenant_id=tenant_id,
-            created_at=now,
-            mail_from=mail_from,
-            blob_id=blob.id,
-            size=blob.size,
-            summary=summary,
-            tags=tags,
-            meta=meta,
-            route=route,
-            source=source,
-        )
-        due = max(send_at, now) if send_at else now
         async with self._db.write() as conn:
             if idempotency is not None:
                 seen = await repo.claim_idempotency_key(
@@ -310,49 +359,79 @@ class OutboundService:
                         raise repo.conflict_for_key(idempotency[0])
                     if seen[1] is not None:
                         return seen[1]
-            suppressed = await repo.suppressed_among(conn, tenant_id, [_suppression_key(r) for r in recipients])
-            records = [
-                DeliveryRecord(
-                    id="dlv_" + secrets.token_hex(10),
-                    message_id=message.id,
-                    tenant_id=tenant_id,
-                    recipient=rcpt,
-                    domain=rcpt.rpartition("@")[2],
-                    status=DeliveryStatus.SUPPRESSED if _suppression_key(rcpt) in suppressed else DeliveryStatus.QUEUED,
-                    attempts=0,
-                    next_attempt_at=due,
-                    created_at=now,
-                    updated_at=now,
-                )
-                for rcpt in recipients
-            ]
-            await repo.insert_message(conn, self._keyring, message)
-            await repo.insert_deliveries(conn, records)
-            common = {"message_id": message.id, "tags": tags, "metadata": meta}
-            await self._admin.emit_in(
-                conn,
-                EventType.MESSAGE_ACCEPTED,
-                tenant_id=tenant_id,
-                object_id=message.id,
-                data={**common, "recipients": len(records), "size": blob.size, "source": source},
+            suppressed = await repo.suppressed_among(
+                conn, tenant_id, list({_suppression_key(r) for item in items for r in item.recipients})
             )
-            for record in records:
-                if record.status == DeliveryStatus.SUPPRESSED:
-                    await self._admin.emit_in(
-                        conn,
-                        EventType.DELIVERY_SUPPRESSED,
-                        tenant_id=tenant_id,
-                        object_id=record.id,
-                        data={**common, "recipient": record.recipient},
-                    )
-            response = {
-                "id": message.id,
-                "deliveries": [{"id": r.id, "recipient": r.recipient, "status": r.status.value} for r in records],
-            }
+            results = []
+            for item, blob in zip(items, blobs, strict=True):
+                results.append(await self._insert(conn, tenant_id, item, blob, suppressed, now))
+            response = {"messages": results} if batch else results[0]
             if idempotency is not None:
                 await repo.complete_idempotency_key(conn, tenant_id, idempotency[0], response)
         self.wake()
         return response
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        item: _Outgoing,
+        blob: BlobRef,
+        suppressed: set[str],
+        now: datetime,
+    ) -> dict[str, Any]:
+        message = MessageRecord(
+            id="msg_" + secrets.token_hex(10),
+            tenant_id=tenant_id,
+            created_at=now,
+            mail_from=item.mail_from,
+            blob_id=blob.id,
+            size=blob.size,
+            summary=item.summary,
+            tags=item.tags,
+            meta=item.meta,
+            route=item.route,
+            source=item.source,
+        )
+        due = max(item.send_at, now) if item.send_at else now
+        records = [
+            DeliveryRecord(
+                id="dlv_" + secrets.token_hex(10),
+                message_id=message.id,
+                tenant_id=tenant_id,
+                recipient=rcpt,
+                domain=rcpt.rpartition("@")[2],
+                status=DeliveryStatus.SUPPRESSED if _suppression_key(rcpt) in suppressed else DeliveryStatus.QUEUED,
+                attempts=0,
+                next_attempt_at=due,
+                created_at=now,
+                updated_at=now,
+            )
+            for rcpt in item.recipients
+        ]
+        await repo.insert_message(conn, self._keyring, message)
+        await repo.insert_deliveries(conn, records)
+        common = {"message_id": message.id, "tags": item.tags, "metadata": item.meta}
+        await self._admin.emit_in(
+            conn,
+            EventType.MESSAGE_ACCEPTED,
+            tenant_id=tenant_id,
+            object_id=message.id,
+            data={**common, "recipients": len(records), "size": blob.size, "source": item.source},
+        )
+        for record in records:
+            if record.status == DeliveryStatus.SUPPRESSED:
+                await self._admin.emit_in(
+                    conn,
+                    EventType.DELIVERY_SUPPRESSED,
+                    tenant_id=tenant_id,
+                    object_id=record.id,
+                    data={**common, "recipient": record.recipient},
+                )
+        return {
+            "id": message.id,
+            "deliveries": [{"id": r.id, "recipient": r.recipient, "status": r.status.value} for r in records],
+        }
 
     async def _sign(self, tenant_id: str, domain: str, raw: bytes) -> bytes:
         async with self._db.read() as conn:

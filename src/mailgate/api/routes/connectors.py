@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from mailgate.api.deps import Caller, Outbound, RequestId
 from mailgate.api.schemas.common import problems
-from mailgate.api.schemas.outbound import ConnectorOut, ConnectorPage, RouteIn, RouteOut, RoutePage, SmtpRelayIn
+from mailgate.api.schemas.outbound import ConnectorIn, ConnectorOut, ConnectorPage, RouteIn, RouteOut, RoutePage
 
 router = APIRouter(tags=["connectors"])
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["connectors"])
     summary="Create a connector, or replace the one of the same name (200)",
 )
 async def put_connector(
-    body: SmtpRelayIn, outbound: Outbound, caller: Caller, rid: RequestId, response: Response
+    body: ConnectorIn, outbound: Outbound, caller: Caller, rid: RequestId, response: Response
 ) -> ConnectorOut:
     spec, created = await outbound.put_connector(
         caller, name=body.name, type=body.type, config=body.config(), tenant=body.tenant, request_id=rid

@@ -12,8 +12,8 @@ from starlette.exceptions import HTTPException
 
 from mailgate.api.deps import Caller, Outbound, RequestId
 from mailgate.api.schemas.common import problems
-from mailgate.api.schemas.outbound import MessageOut, QueueOut, SendAccepted, SendIn
-from mailgate.outbound.service import AttachmentIn, SendRequest
+from mailgate.api.schemas.outbound import BatchAccepted, BatchIn, MessageOut, QueueOut, SendAccepted, SendIn
+from mailgate.outbound.service import AttachmentIn, BatchRecipient, SendRequest
 
 RAW_TYPES = ("message/rfc822", "message/global")
 _BODY_DOC: dict[str, Any] = {
@@ -79,6 +79,26 @@ async def send(
         raise RequestValidationError(exc.errors(include_url=False), body=raw[:1000]) from None
     result = await outbound.send(caller, _send_request(body), idempotency_key=idempotency_key, request_id=rid)
     return SendAccepted.model_validate(result)
+
+
+@router.post(
+    "/v1/messages/batch",
+    status_code=202,
+    response_model=BatchAccepted,
+    responses=problems(401, 403, 409, 413, 422, 503),
+    summary="One personalised message per recipient (up to 1000), stored all together or not at all",
+)
+async def send_batch(
+    body: BatchIn,
+    outbound: Outbound,
+    caller: Caller,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=200, description="Same key within 24 h: the first response, nothing sent again.")
+    ] = None,
+) -> BatchAccepted:
+    recipients = [BatchRecipient(r.to, r.variables, r.metadata) for r in body.recipients]
+    result = await outbound.send_batch(caller, _send_request(body), recipients, idempotency_key=idempotency_key)
+    return BatchAccepted.model_validate(result)
 
 
 def _send_request(body: SendIn) -> SendRequest:

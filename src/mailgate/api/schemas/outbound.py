@@ -2,28 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from mailgate.domain.outbound import AttemptRecord, ConnectorSpec, DeliveryRecord, RouteSpec, Suppression
+from mailgate.domain.outbound import (
+    AttemptRecord,
+    ConnectorSpec,
+    DeliveryRecord,
+    RouteSpec,
+    Suppression,
+    TemplateRecord,
+)
 from mailgate.outbound.service import MessageView
 
 SECRET_FIELDS = ("password", "client_secret", "refresh_token")
 
 
-class SmtpRelayIn(BaseModel):
+class _ConnectorBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    type: Literal["smtp_relay"]
     tenant: str | None = Field(None, description="Owning tenant; omit for a global connector (admin).")
+    timeout: float = Field(30.0, gt=0, le=600)
+
+    def config(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"name", "type", "tenant"}, exclude_none=True)
+
+
+class SmtpRelayIn(_ConnectorBase):
+    """A smarthost or a provider's submission port."""
+
+    type: Literal["smtp_relay"]
     host: str = Field(min_length=1, max_length=255)
     port: int = Field(587, ge=1, le=65535)
     tls: Literal["none", "starttls", "implicit"] = "starttls"
+    auth: Literal["password", "xoauth2"] = "password"
     username: str | None = None
     password: str | None = None
-    timeout: float = Field(30.0, gt=0, le=600)
+    token_url: str | None = Field(None, description="XOAUTH2: the OAuth2 token endpoint.")
+    client_id: str | None = None
+    client_secret: str | None = None
+    refresh_token: str | None = Field(None, description="XOAUTH2: refresh-token grant; unset: client credentials.")
+    scope: str | None = None
     max_connections: int = Field(4, ge=1, le=100)
     max_messages_per_connection: int = Field(100, ge=1, le=100000)
     idle_timeout: float = Field(30.0, gt=0, le=3600)
@@ -31,8 +52,48 @@ class SmtpRelayIn(BaseModel):
     ca_file: str | None = None
     helo_name: str | None = None
 
-    def config(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"name", "type", "tenant"}, exclude_none=True)
+
+class MxIn(_ConnectorBase):
+    """Direct delivery to each recipient domain's MX hosts (opportunistic STARTTLS, MTA-STS enforced)."""
+
+    type: Literal["mx"]
+    port: int = Field(25, ge=1, le=65535, description="25 on the Internet; others for closed networks and tests.")
+    tls: Literal["may", "encrypt", "none"] = "may"
+    mta_sts: bool = True
+    ca_file: str | None = None
+    helo_name: str | None = None
+    timeout: float = Field(60.0, gt=0, le=600)
+    max_connections_per_domain: int = Field(3, ge=1, le=100)
+    max_messages_per_connection: int = Field(100, ge=1, le=100000)
+    idle_timeout: float = Field(5.0, gt=0, le=3600)
+
+
+class GraphIn(_ConnectorBase):
+    """Microsoft 365 / Exchange Online through Microsoft Graph (client-credentials app registration)."""
+
+    type: Literal["graph"]
+    tenant_id: str = Field(min_length=1, description="The Entra ID (Azure AD) tenant of the app registration.")
+    client_id: str = Field(min_length=1)
+    client_secret: str = Field(min_length=1)
+    user_id: str = Field(min_length=1, description="The mailbox that sends (id or user principal name).")
+    base_url: str = "https://graph.microsoft.com"
+    authority: str = "https://login.microsoftonline.com"
+    scope: str = "https://graph.microsoft.com/.default"
+
+
+class GmailIn(_ConnectorBase):
+    """Google Workspace / Gmail through the Gmail API (OAuth2 refresh token)."""
+
+    type: Literal["gmail"]
+    client_id: str = Field(min_length=1)
+    client_secret: str = Field(min_length=1)
+    refresh_token: str = Field(min_length=1)
+    user_id: str = "me"
+    base_url: str = "https://gmail.googleapis.com"
+    token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
+
+
+ConnectorIn = Annotated[SmtpRelayIn | MxIn | GraphIn | GmailIn, Field(discriminator="type")]
 
 
 class ConnectorOut(BaseModel):
@@ -240,3 +301,77 @@ class SuppressionPage(BaseModel):
 
 class QueueOut(BaseModel):
     counts: dict[str, int]
+
+
+class TemplateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    subject: str = Field(max_length=998 * 4)
+    text: str | None = None
+    html: str | None = None
+
+
+class TemplateUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(max_length=998 * 4)
+    text: str | None = None
+    html: str | None = None
+
+
+class TemplateOut(BaseModel):
+    id: str
+    name: str
+    subject: str
+    text: str | None
+    html: str | None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+    @classmethod
+    def of(cls, t: TemplateRecord) -> TemplateOut:
+        return cls(
+            id=t.id,
+            name=t.name,
+            subject=t.subject,
+            text=t.text,
+            html=t.html,
+            created_at=t.created_at,
+            updated_at=t.updated_at,
+        )
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateOut]
+
+
+class PreviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variables: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreviewOut(BaseModel):
+    subject: str
+    text: str | None
+    html: str | None
+
+
+class BatchRecipientIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=3, max_length=998)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchIn(SendIn):
+    """The common message, and one entry per recipient; each recipient gets a message of its own."""
+
+    to: list[str] = Field(default_factory=list, max_length=0, description="Not used: see `recipients`.")
+    recipients: list[BatchRecipientIn] = Field(min_length=1, max_length=1000)
+
+
+class BatchAccepted(BaseModel):
+    messages: list[SendAccepted]
