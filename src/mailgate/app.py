@@ -35,6 +35,8 @@ from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.routing.breaker import BreakerState
 from mailgate.outbound.routing.router import Router
 from mailgate.outbound.service import OutboundService
+from mailgate.outbound.setup import OutboundSetup
+from mailgate.outbound.suppressions import SuppressionService
 from mailgate.outbound.templates import TemplateService
 from mailgate.outbound.worker import DeliveryWorker, WorkerSettings
 from mailgate.security.masterkeys import load_master_keys
@@ -56,6 +58,8 @@ class Gateway:
     blobs: BlobStore
     admin: AdminService
     outbound: OutboundService
+    setup: OutboundSetup
+    suppressions: SuppressionService
     templates: TemplateService
     smtp_credentials: SmtpCredentials
     connectors: ConnectorFactory
@@ -97,11 +101,25 @@ class Gateway:
             blobs,
             admin,
             templates=templates,
-            validate_connector=connectors,
             hostname=settings.tls.hostname,
         )
+        setup = OutboundSetup(db, keyring, admin, validate_connector=connectors)
+        suppressions = SuppressionService(db, admin)
         smtp_credentials = SmtpCredentials(db, keyring, admin)
-        return cls(settings, db, keyring, blobs, admin, outbound, templates, smtp_credentials, connectors, tls)
+        return cls(
+            settings,
+            db,
+            keyring,
+            blobs,
+            admin,
+            outbound,
+            setup,
+            suppressions,
+            templates,
+            smtp_credentials,
+            connectors,
+            tls,
+        )
 
     def delivery_worker(self) -> DeliveryWorker:
         """A worker with its own router (connector pools and breakers live per worker)."""
@@ -114,7 +132,7 @@ class Gateway:
             breaker_threshold=q.breaker_threshold,
             breaker_cooldown=q.breaker_cooldown,
         )
-        self.outbound.config_changed.append(router.invalidate)
+        self.setup.config_changed.append(router.invalidate)
         policy = RetryPolicy(first_delay=q.first_retry_delay, max_delay=q.max_retry_delay, max_age=q.max_age)
         settings = WorkerSettings(
             batch=q.batch, parallel=q.parallel, lease=timedelta(seconds=q.lease), poll_interval=q.poll_interval
@@ -173,6 +191,8 @@ async def run_api(gw: Gateway, stop: asyncio.Event) -> None:
         outbound=gw.outbound,
         smtp_credentials=gw.smtp_credentials,
         templates=gw.templates,
+        setup=gw.setup,
+        suppressions=gw.suppressions,
         max_wait=settings.events.max_wait,
         max_body=settings.http.max_body_size,
     )

@@ -342,7 +342,7 @@ def dkim_generate(
 
     async def work(gw: Gateway) -> str:
         tenant_id = (await gw.admin.get_tenant(_cli_principal(), tenant)).id if tenant else None
-        return await gw.outbound.generate_dkim(
+        return await gw.setup.generate_dkim(
             _cli_principal(), domain=domain, selector=chosen, algorithm=algorithm, tenant=tenant_id
         )
 

@@ -128,7 +128,7 @@ async def test_failover_when_the_primary_dies_and_recovery(node: Api, sinks: lis
 
 async def test_dkim_signature_verifies_with_dkimpy(node: Api, sinks: list[SmtpSink]) -> None:
     key = await setup_tenant(node, sinks)
-    record = await node.gw.outbound.generate_dkim(SYSTEM, domain="acme.test", selector="s1")
+    record = await node.gw.setup.generate_dkim(SYSTEM, domain="acme.test", selector="s1")
     attachment = base64.b64encode(b"\x00\x01binary").decode()
     await node.call(
         "POST",

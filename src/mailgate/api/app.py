@@ -9,12 +9,15 @@ from mailgate.admin.service import AdminService
 from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.api import errors
 from mailgate.api.middleware import RequestContext
-from mailgate.api.routes import apikeys, connectors, health, messages, records, suppressions, tenants
+from mailgate.api.routes import apikeys, connectors, health, messages, records, tenants
 from mailgate.api.routes import smtp_credentials as smtp_credentials_routes
+from mailgate.api.routes import suppressions as suppressions_routes
 from mailgate.api.routes import templates as templates_routes
 from mailgate.api.schemas.common import Problem
 from mailgate.api.schemas.outbound import SendIn
 from mailgate.outbound.service import OutboundService
+from mailgate.outbound.setup import OutboundSetup
+from mailgate.outbound.suppressions import SuppressionService
 from mailgate.outbound.templates import TemplateService
 from mailgate.store.database import Database
 
@@ -30,6 +33,8 @@ def create_app(
     outbound: OutboundService,
     smtp_credentials: SmtpCredentials,
     templates: TemplateService,
+    setup: OutboundSetup,
+    suppressions: SuppressionService,
     max_wait: float = 60.0,
     max_body: int = 40 * 1024 * 1024,
 ) -> FastAPI:
@@ -39,6 +44,8 @@ def create_app(
     app.state.outbound = outbound
     app.state.smtp_credentials = smtp_credentials
     app.state.templates = templates
+    app.state.setup = setup
+    app.state.suppressions = suppressions
     app.state.max_wait = max_wait
     for module in (
         health,
@@ -47,7 +54,7 @@ def create_app(
         records,
         connectors,
         messages,
-        suppressions,
+        suppressions_routes,
         smtp_credentials_routes,
         templates_routes,
     ):

@@ -13,6 +13,8 @@ from mailgate.domain.errors import AuthenticationFailed
 from mailgate.domain.tenancy import Principal
 from mailgate.observability.logging import request_id_var
 from mailgate.outbound.service import OutboundService
+from mailgate.outbound.setup import OutboundSetup
+from mailgate.outbound.suppressions import SuppressionService
 from mailgate.outbound.templates import TemplateService
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mg_...`")
@@ -66,3 +68,17 @@ def template_service(request: Request) -> TemplateService:
 
 
 Templates = Annotated[TemplateService, Depends(template_service)]
+
+
+def setup_service(request: Request) -> OutboundSetup:
+    service: OutboundSetup = request.app.state.setup
+    return service
+
+
+def suppression_service(request: Request) -> SuppressionService:
+    service: SuppressionService = request.app.state.suppressions
+    return service
+
+
+Setup = Annotated[OutboundSetup, Depends(setup_service)]
+Suppressions = Annotated[SuppressionService, Depends(suppression_service)]

@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,25 +22,21 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.admin.service import AdminService
-from mailgate.connectors.base import Sender
-from mailgate.domain.address import Address, normalize, parse_address
+from mailgate.domain.address import normalize
 from mailgate.domain.delivery import DeliveryStatus
-from mailgate.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from mailgate.domain.errors import InvalidInput, NotFound
 from mailgate.domain.outbound import (
-    GLOBAL_SCOPE,
     AttemptRecord,
-    ConnectorSpec,
     DeliveryRecord,
     MessageRecord,
-    RouteSpec,
-    Suppression,
 )
 from mailgate.domain.records import EventType
 from mailgate.domain.tenancy import Principal, Scope
 from mailgate.mime.compose import Attachment, Draft, compose
 from mailgate.mime.headers import validate_extra_headers
 from mailgate.mime.submitted import prepare
-from mailgate.outbound.dkim import DkimSigner, generate_key
+from mailgate.outbound.access import addresses, require, suppression_key, tenant_of
+from mailgate.outbound.dkim import DkimSigner
 from mailgate.outbound.templates import TemplateService
 from mailgate.store import outbound as repo
 from mailgate.store.blobs import BlobRef, BlobStore
@@ -110,27 +106,6 @@ class MessageView:
     attempts: dict[str, list[AttemptRecord]]
 
 
-def _require(principal: Principal, scope: Scope) -> None:
-    if not principal.can(scope):
-        raise PermissionDenied(f"this key lacks the {scope.value!r} scope")
-
-
-def _tenant_of(principal: Principal) -> str:
-    if principal.tenant_id is None:
-        raise InvalidInput("this key belongs to no tenant; use a tenant's key to send or manage its mail")
-    return principal.tenant_id
-
-
-def _addresses(values: Sequence[str], field_name: str) -> list[Address]:
-    out = []
-    for i, value in enumerate(values):
-        try:
-            out.append(parse_address(value))
-        except ValueError as exc:
-            raise InvalidInput(f"{field_name}[{i}]: {exc}", field=f"{field_name}[{i}]") from None
-    return out
-
-
 def _attachments(items: Sequence[AttachmentIn]) -> list[Attachment]:
     out = []
     for i, item in enumerate(items):
@@ -143,25 +118,8 @@ def _attachments(items: Sequence[AttachmentIn]) -> list[Attachment]:
     return out
 
 
-def _suppression_key(addr_spec: str) -> str:
-    """Suppression matches ignore case entirely: mailbox providers treat local parts that way, and a
-    bounce for ``John@`` must stop mail to ``john@``."""
-    return normalize(addr_spec).lower()
-
-
 def _request_hash(request: SendRequest) -> str:
     return hashlib.sha256(json.dumps(asdict(request), sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _scope_for(principal: Principal, tenant: str | None) -> str:
-    """Global objects need admin; a tenant's own objects need manage on that tenant."""
-    if tenant is None:
-        _require(principal, Scope.ADMIN)
-        return GLOBAL_SCOPE
-    if not principal.sees_tenant(tenant):
-        raise NotFound("tenant", tenant)
-    _require(principal, Scope.MANAGE)
-    return tenant
 
 
 class OutboundService:
@@ -173,7 +131,6 @@ class OutboundService:
         admin: AdminService,
         *,
         templates: TemplateService,
-        validate_connector: Callable[[ConnectorSpec], Sender],
         hostname: str = "localhost",
     ) -> None:
         self._templates = templates
@@ -181,11 +138,9 @@ class OutboundService:
         self._keyring = keyring
         self._blobs = blobs
         self._admin = admin
-        self._validate_connector = validate_connector
         self._hostname = hostname
         self._signers: dict[str, DkimSigner] = {}
         self._queue_changed = asyncio.Event()
-        self.config_changed: list[Callable[[], None]] = []
 
     # ----- the queue's wake-up -----
 
@@ -208,8 +163,8 @@ class OutboundService:
         source: str = "api",
         request_id: str | None = None,
     ) -> dict[str, Any]:
-        _require(principal, Scope.SEND)
-        tenant_id = _tenant_of(principal)
+        require(principal, Scope.SEND)
+        tenant_id = tenant_of(principal)
         outgoing = await self._build(tenant_id, request, source)
         idempotency = (idempotency_key, _request_hash(request)) if idempotency_key else None
         return await self._persist(tenant_id, [outgoing], idempotency, batch=False)
@@ -225,8 +180,8 @@ class OutboundService:
     ) -> dict[str, Any]:
         """One personalised message per recipient (its own variables and metadata over the common ones),
         all stored in one transaction: the batch is accepted whole or not at all."""
-        _require(principal, Scope.SEND)
-        tenant_id = _tenant_of(principal)
+        require(principal, Scope.SEND)
+        tenant_id = tenant_of(principal)
         if not recipients:
             raise InvalidInput("a batch needs at least one recipient", field="recipients")
         if len(recipients) > MAX_RECIPIENTS:
@@ -259,8 +214,8 @@ class OutboundService:
             subject = subject or rendered.subject
             text = rendered.text if text is None else text
             html = rendered.html if html is None else html
-        sender = _addresses([request.from_], "from")[0]
-        to, cc, bcc = (_addresses(request.to, "to"), _addresses(request.cc, "cc"), _addresses(request.bcc, "bcc"))
+        sender = addresses([request.from_], "from")[0]
+        to, cc, bcc = (addresses(request.to, "to"), addresses(request.cc, "cc"), addresses(request.bcc, "bcc"))
         recipients = list(dict.fromkeys(normalize(a.addr_spec) for a in (*to, *cc, *bcc)))
         if not recipients:
             raise InvalidInput("at least one recipient (to, cc or bcc) is required", field="to")
@@ -271,7 +226,7 @@ class OutboundService:
             to=to,
             cc=cc,
             bcc=bcc,
-            reply_to=_addresses(request.reply_to, "reply_to"),
+            reply_to=addresses(request.reply_to, "reply_to"),
             subject=subject,
             text=text,
             html=html,
@@ -308,13 +263,13 @@ class OutboundService:
     ) -> dict[str, Any]:
         """Queue a message the caller composed. The envelope defaults to the message's own From and
         To/Cc/Bcc; ``X-Mailgate-*`` header instructions apply unless the caller's arguments say otherwise."""
-        _require(principal, Scope.SEND)
-        tenant_id = _tenant_of(principal)
+        require(principal, Scope.SEND)
+        tenant_id = tenant_of(principal)
         submitted = prepare(raw, hostname=self._hostname)
-        header_from = _addresses(submitted.from_addresses[:1], "from")[0]
-        sender = _addresses([mail_from], "mail_from")[0] if mail_from else header_from
+        header_from = addresses(submitted.from_addresses[:1], "from")[0]
+        sender = addresses([mail_from], "mail_from")[0] if mail_from else header_from
         given = list(recipients) if recipients else submitted.header_recipients
-        rcpts = list(dict.fromkeys(normalize(a.addr_spec) for a in _addresses(given, "recipients")))
+        rcpts = list(dict.fromkeys(normalize(a.addr_spec) for a in addresses(given, "recipients")))
         if not rcpts:
             raise InvalidInput("the message names no recipient (give them in the envelope or To/Cc/Bcc)", field="to")
         if len(rcpts) > MAX_RECIPIENTS:
@@ -360,7 +315,7 @@ class OutboundService:
                     if seen[1] is not None:
                         return seen[1]
             suppressed = await repo.suppressed_among(
-                conn, tenant_id, list({_suppression_key(r) for item in items for r in item.recipients})
+                conn, tenant_id, list({suppression_key(r) for item in items for r in item.recipients})
             )
             results = []
             for item, blob in zip(items, blobs, strict=True):
@@ -401,7 +356,7 @@ class OutboundService:
                 tenant_id=tenant_id,
                 recipient=rcpt,
                 domain=rcpt.rpartition("@")[2],
-                status=DeliveryStatus.SUPPRESSED if _suppression_key(rcpt) in suppressed else DeliveryStatus.QUEUED,
+                status=DeliveryStatus.SUPPRESSED if suppression_key(rcpt) in suppressed else DeliveryStatus.QUEUED,
                 attempts=0,
                 next_attempt_at=due,
                 created_at=now,
@@ -457,7 +412,7 @@ class OutboundService:
 
     async def cancel(self, principal: Principal, message_id: str, request_id: str | None = None) -> MessageView:
         view = await self.get_message(principal, message_id)
-        _require(principal, Scope.SEND)
+        require(principal, Scope.SEND)
         async with self._db.write() as conn:
             moved = await repo.set_status(
                 conn,
@@ -485,217 +440,7 @@ class OutboundService:
             )
         return await self.get_message(principal, message_id)
 
-    # ----- connectors, routes, DKIM -----
-
-    async def put_connector(
-        self,
-        principal: Principal,
-        *,
-        name: str,
-        type: str,
-        config: dict[str, Any],
-        tenant: str | None = None,
-        request_id: str | None = None,
-    ) -> tuple[ConnectorSpec, bool]:
-        scope = _scope_for(principal, tenant)
-        now = utcnow()
-        probe = ConnectorSpec("probe", scope, name, type, config, now, now)
-        await self._validate_connector(probe).close()
-        async with self._db.write() as conn:
-            spec, created = await repo.put_connector(
-                conn,
-                self._keyring,
-                new_id="con_" + secrets.token_hex(8),
-                scope=scope,
-                name=name,
-                type=type,
-                config=config,
-            )
-            await self._admin.audit_in(
-                conn,
-                principal,
-                "connector.put",
-                tenant_id=scope or None,
-                object_type="connector",
-                object_id=spec.id,
-                request_id=request_id,
-                details={"name": name, "type": type, "created": created},
-            )
-        self._changed()
-        return spec, created
-
-    async def list_connectors(self, principal: Principal) -> list[ConnectorSpec]:
-        _require(principal, Scope.READ)
-        scopes = None if principal.is_admin else [principal.tenant_id or GLOBAL_SCOPE]
-        async with self._db.read() as conn:
-            return await repo.list_connectors(conn, self._keyring, scopes)
-
-    async def delete_connector(self, principal: Principal, connector_id: str, request_id: str | None = None) -> None:
-        async with self._db.write() as conn:
-            spec = await repo.get_connector(conn, self._keyring, connector_id)
-            if spec is None or not (principal.is_admin or (spec.scope and principal.sees_tenant(spec.scope))):
-                raise NotFound("connector", connector_id)
-            _scope_for(principal, spec.scope or None)
-            await repo.delete_connector(conn, connector_id)
-            await self._admin.audit_in(
-                conn,
-                principal,
-                "connector.delete",
-                tenant_id=spec.scope or None,
-                object_type="connector",
-                object_id=connector_id,
-                request_id=request_id,
-            )
-        self._changed()
-
-    async def put_route(
-        self,
-        principal: Principal,
-        *,
-        name: str,
-        connectors: list[str],
-        match: dict[str, Any],
-        tenant: str | None = None,
-        request_id: str | None = None,
-    ) -> tuple[RouteSpec, bool]:
-        scope = _scope_for(principal, tenant)
-        if not connectors:
-            raise InvalidInput("a route needs at least one connector", field="connectors")
-        async with self._db.write() as conn:
-            known = {c.name for c in await repo.list_connectors(conn, self._keyring, [scope, GLOBAL_SCOPE])}
-            unknown = [c for c in connectors if c not in known]
-            if unknown:
-                raise InvalidInput(f"unknown connector(s): {', '.join(unknown)}", field="connectors")
-            route, created = await repo.put_route(
-                conn,
-                new_id="rte_" + secrets.token_hex(8),
-                scope=scope,
-                name=name,
-                connector_names=connectors,
-                match=match,
-            )
-            await self._admin.audit_in(
-                conn,
-                principal,
-                "route.put",
-                tenant_id=scope or None,
-                object_type="route",
-                object_id=route.id,
-                request_id=request_id,
-                details={"name": name, "connectors": connectors, "created": created},
-            )
-        self._changed()
-        return route, created
-
-    async def list_routes(self, principal: Principal) -> list[RouteSpec]:
-        _require(principal, Scope.READ)
-        scopes = [GLOBAL_SCOPE] + ([principal.tenant_id] if principal.tenant_id else [])
-        async with self._db.read() as conn:
-            return await repo.list_routes(conn, scopes)
-
-    def _changed(self) -> None:
-        for callback in self.config_changed:
-            callback()
-
-    async def generate_dkim(
-        self,
-        principal: Principal,
-        *,
-        domain: str,
-        selector: str,
-        algorithm: str = "rsa",
-        tenant: str | None = None,
-    ) -> str:
-        """Make a signing key for ``domain`` (stored encrypted) and return its DNS TXT record value."""
-        scope = _scope_for(principal, tenant)
-        try:
-            domain = domain.strip().lower().rstrip(".").encode("idna").decode("ascii")
-        except UnicodeError:
-            raise InvalidInput(f"{domain!r} is not a domain name", field="domain") from None
-        if "." not in domain or any(c in domain for c in " @/\\"):
-            raise InvalidInput(f"{domain!r} is not a domain name", field="domain")
-        if not selector or not all(c.isalnum() or c in "-_." for c in selector):
-            raise InvalidInput(f"{selector!r} is not a valid DKIM selector", field="selector")
-        if algorithm not in ("rsa", "ed25519"):
-            raise InvalidInput("algorithm must be rsa or ed25519", field="algorithm")
-        pem, dns_value = generate_key("rsa" if algorithm == "rsa" else "ed25519")
-        key_id = "dkm_" + secrets.token_hex(8)
-        async with self._db.write() as conn:
-            if not await repo.insert_dkim_key(
-                conn,
-                key_id=key_id,
-                scope=scope,
-                domain=domain,
-                selector=selector,
-                algorithm=algorithm,
-                sealed_pem=self._keyring.seal(pem, f"dkim:{key_id}".encode()),
-                dns_value=dns_value,
-            ):
-                raise Conflict(f"a DKIM key for {selector}._domainkey.{domain} already exists")
-            await self._admin.audit_in(
-                conn,
-                principal,
-                "dkim.generate",
-                tenant_id=scope or None,
-                object_type="dkim_key",
-                object_id=key_id,
-                request_id=None,
-                details={"domain": domain, "selector": selector, "algorithm": algorithm},
-            )
-        return dns_value
-
-    # ----- suppressions -----
-
-    async def suppress(
-        self,
-        principal: Principal,
-        address: str,
-        *,
-        reason: str = "manual",
-        request_id: str | None = None,
-    ) -> Suppression:
-        _require(principal, Scope.MANAGE)
-        tenant_id = _tenant_of(principal)
-        canonical = _suppression_key(_addresses([address], "address")[0].addr_spec)
-        async with self._db.write() as conn:
-            added = await repo.add_suppression(conn, tenant_id, canonical, reason)
-            if added:
-                await self._admin.audit_in(
-                    conn,
-                    principal,
-                    "suppression.add",
-                    tenant_id=tenant_id,
-                    object_type="suppression",
-                    object_id=canonical,
-                    request_id=request_id,
-                    details={"reason": reason},
-                )
-        return Suppression(canonical, reason, utcnow())
-
-    async def unsuppress(self, principal: Principal, address: str, request_id: str | None = None) -> None:
-        _require(principal, Scope.MANAGE)
-        tenant_id = _tenant_of(principal)
-        canonical = _suppression_key(_addresses([address], "address")[0].addr_spec)
-        async with self._db.write() as conn:
-            if not await repo.remove_suppression(conn, tenant_id, canonical):
-                raise NotFound("suppression", canonical)
-            await self._admin.audit_in(
-                conn,
-                principal,
-                "suppression.remove",
-                tenant_id=tenant_id,
-                object_type="suppression",
-                object_id=canonical,
-                request_id=request_id,
-            )
-
-    async def list_suppressions(self, principal: Principal, *, after: str | None, limit: int) -> list[Suppression]:
-        _require(principal, Scope.READ)
-        tenant_id = _tenant_of(principal)
-        async with self._db.read() as conn:
-            return await repo.list_suppressions(conn, tenant_id, after=after, limit=limit)
-
     async def queue_counts(self, principal: Principal) -> dict[str, int]:
-        _require(principal, Scope.READ)
+        require(principal, Scope.READ)
         async with self._db.read() as conn:
-            return await repo.queue_counts(conn, None if principal.is_admin else _tenant_of(principal))
+            return await repo.queue_counts(conn, None if principal.is_admin else tenant_of(principal))

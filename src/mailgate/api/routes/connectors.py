@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from mailgate.api.deps import Caller, Outbound, RequestId
+from mailgate.api.deps import Caller, RequestId, Setup
 from mailgate.api.schemas.common import problems
 from mailgate.api.schemas.outbound import ConnectorIn, ConnectorOut, ConnectorPage, RouteIn, RouteOut, RoutePage
 
@@ -19,9 +19,9 @@ router = APIRouter(tags=["connectors"])
     summary="Create a connector, or replace the one of the same name (200)",
 )
 async def put_connector(
-    body: ConnectorIn, outbound: Outbound, caller: Caller, rid: RequestId, response: Response
+    body: ConnectorIn, setup: Setup, caller: Caller, rid: RequestId, response: Response
 ) -> ConnectorOut:
-    spec, created = await outbound.put_connector(
+    spec, created = await setup.put_connector(
         caller, name=body.name, type=body.type, config=body.config(), tenant=body.tenant, request_id=rid
     )
     response.status_code = 201 if created else 200
@@ -29,13 +29,13 @@ async def put_connector(
 
 
 @router.get("/v1/connectors", response_model=ConnectorPage, responses=problems(401, 403, 503))
-async def list_connectors(outbound: Outbound, caller: Caller) -> ConnectorPage:
-    return ConnectorPage(items=[ConnectorOut.of(c) for c in await outbound.list_connectors(caller)])
+async def list_connectors(setup: Setup, caller: Caller) -> ConnectorPage:
+    return ConnectorPage(items=[ConnectorOut.of(c) for c in await setup.list_connectors(caller)])
 
 
 @router.delete("/v1/connectors/{id}", status_code=204, response_class=Response, responses=problems(401, 403, 404, 503))
-async def delete_connector(id: str, outbound: Outbound, caller: Caller, rid: RequestId) -> Response:
-    await outbound.delete_connector(caller, id, rid)
+async def delete_connector(id: str, setup: Setup, caller: Caller, rid: RequestId) -> Response:
+    await setup.delete_connector(caller, id, rid)
     return Response(status_code=204)
 
 
@@ -46,9 +46,9 @@ async def delete_connector(id: str, outbound: Outbound, caller: Caller, rid: Req
     summary="Create or replace a route: connector names in failover order",
 )
 async def put_route(
-    name: str, body: RouteIn, outbound: Outbound, caller: Caller, rid: RequestId, response: Response
+    name: str, body: RouteIn, setup: Setup, caller: Caller, rid: RequestId, response: Response
 ) -> RouteOut:
-    route, created = await outbound.put_route(
+    route, created = await setup.put_route(
         caller, name=name, connectors=body.connectors, match=body.match.model_dump(), tenant=body.tenant, request_id=rid
     )
     response.status_code = 201 if created else 200
@@ -56,5 +56,5 @@ async def put_route(
 
 
 @router.get("/v1/routes", response_model=RoutePage, responses=problems(401, 403, 503))
-async def list_routes(outbound: Outbound, caller: Caller) -> RoutePage:
-    return RoutePage(items=[RouteOut.of(r) for r in await outbound.list_routes(caller)])
+async def list_routes(setup: Setup, caller: Caller) -> RoutePage:
+    return RoutePage(items=[RouteOut.of(r) for r in await setup.list_routes(caller)])

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from mailgate.api import pagination
-from mailgate.api.deps import Caller, Outbound, RequestId
+from mailgate.api.deps import Caller, RequestId, Suppressions
 from mailgate.api.schemas.common import problems
 from mailgate.api.schemas.outbound import SuppressionIn, SuppressionOut, SuppressionPage
 
@@ -15,18 +15,18 @@ router = APIRouter(prefix="/v1/suppressions", tags=["suppressions"])
 
 
 @router.post("", status_code=201, response_model=SuppressionOut, responses=problems(401, 403, 422, 503))
-async def add(body: SuppressionIn, outbound: Outbound, caller: Caller, rid: RequestId) -> SuppressionOut:
-    return SuppressionOut.of(await outbound.suppress(caller, body.address, reason=body.reason, request_id=rid))
+async def add(body: SuppressionIn, suppressions: Suppressions, caller: Caller, rid: RequestId) -> SuppressionOut:
+    return SuppressionOut.of(await suppressions.add(caller, body.address, reason=body.reason, request_id=rid))
 
 
 @router.get("", response_model=SuppressionPage, responses=problems(401, 403, 422, 503))
 async def list_suppressions(
-    outbound: Outbound,
+    suppressions: Suppressions,
     caller: Caller,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = pagination.DEFAULT_LIMIT,
 ) -> SuppressionPage:
-    items = await outbound.list_suppressions(caller, after=pagination.decode(cursor), limit=limit)
+    items = await suppressions.list(caller, after=pagination.decode(cursor), limit=limit)
     return SuppressionPage(
         items=[SuppressionOut.of(s) for s in items],
         next_cursor=pagination.next_cursor(list(items), limit, items[-1].address if items else None),
@@ -34,6 +34,6 @@ async def list_suppressions(
 
 
 @router.delete("/{address}", status_code=204, response_class=Response, responses=problems(401, 403, 404, 503))
-async def remove(address: str, outbound: Outbound, caller: Caller, rid: RequestId) -> Response:
-    await outbound.unsuppress(caller, address, rid)
+async def remove(address: str, suppressions: Suppressions, caller: Caller, rid: RequestId) -> Response:
+    await suppressions.remove(caller, address, rid)
     return Response(status_code=204)
