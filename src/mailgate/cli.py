@@ -21,9 +21,12 @@ from rich.table import Table
 
 from mailgate.app import Gateway, run_serve
 from mailgate.config import Settings, load_settings, masked_dump
+from mailgate.domain.delivery import DeliveryStatus
 from mailgate.domain.errors import ConfigurationError, MailgateError
+from mailgate.domain.outbound import DeliveryRecord
 from mailgate.domain.tenancy import Principal, Scope
 from mailgate.observability.logging import configure_logging
+from mailgate.outbound.service import MessageView
 from mailgate.store.database import Database
 from mailgate.store.types import utcnow
 
@@ -42,6 +45,7 @@ audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
 dkim_app = typer.Typer(help="DKIM signing keys.", no_args_is_help=True)
 smtp_app = typer.Typer(help="SMTP submission credentials.", no_args_is_help=True)
+queue_app = typer.Typer(help="The outbound queue: inspect, hold, release, retry, cancel.", no_args_is_help=True)
 for sub, name in (
     (config_app, "config"),
     (db_app, "db"),
@@ -51,11 +55,13 @@ for sub, name in (
     (keys_app, "keys"),
     (dkim_app, "dkim"),
     (smtp_app, "smtp-credentials"),
+    (queue_app, "queue"),
 ):
     app.add_typer(sub, name=name)
 
 err = Console(stderr=True)
-out = Console()
+# piped output (scripts, grep) gets whole lines: Rich would otherwise squeeze tables into 80 columns
+out = Console(width=None if sys.stdout.isatty() else 1000)
 
 
 def _settings(ctx: typer.Context, **overrides: Any) -> Settings:
@@ -269,6 +275,86 @@ def smtp_credentials_revoke(ctx: typer.Context, credential_id: str) -> None:
     """Revoke an SMTP credential: new logins with it fail at once."""
     credential = _run(_settings(ctx), lambda gw: gw.smtp_credentials.revoke(_cli_principal(), credential_id))
     out.print(f"revoked {credential.id} ({credential.username})")
+
+
+@queue_app.command("list")
+def queue_list(
+    ctx: typer.Context,
+    status: Annotated[list[str] | None, typer.Option("--status", help="Only this status (repeatable).")] = None,
+    domain: Annotated[str | None, typer.Option("--domain", help="Only recipients at this domain.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500)] = 100,
+) -> None:
+    """Counts by status, then the matching deliveries."""
+    try:
+        wanted = [DeliveryStatus(s) for s in status or []]
+    except ValueError:
+        known = ", ".join(s.value for s in DeliveryStatus)
+        raise typer.BadParameter(f"known statuses: {known}", param_hint="--status") from None
+
+    async def work(gw: Gateway) -> tuple[dict[str, int], list[DeliveryRecord]]:
+        principal = _cli_principal()
+        counts = await gw.outbound.queue_counts(principal)
+        items = await gw.outbound.list_queue(principal, statuses=wanted, domain=domain, after=None, limit=limit)
+        return counts, items
+
+    counts, items = _run(_settings(ctx), work)
+    out.print("  ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "queue empty")
+    table = Table("delivery", "message", "recipient", "status", "attempts", "next attempt", "last reply")
+    for d in items:
+        table.add_row(
+            d.id,
+            d.message_id,
+            d.recipient,
+            d.status.value,
+            str(d.attempts),
+            "-" if d.status.final else d.next_attempt_at.isoformat(timespec="seconds"),
+            (d.last_reply or "")[:60],
+        )
+    out.print(table)
+
+
+def _queue_action(ctx: typer.Context, action: str, message_id: str) -> None:
+    def call(gw: Gateway) -> Awaitable[MessageView]:
+        method: Callable[[Principal, str], Awaitable[MessageView]] = getattr(gw.outbound, action)
+        return method(_cli_principal(), message_id)
+
+    view = _run(_settings(ctx), call)
+    states = ", ".join(f"{d.recipient}: {d.status.value}" for d in view.deliveries)
+    out.print(f"{message_id}: {states}")
+
+
+@queue_app.command("hold")
+def queue_hold(ctx: typer.Context, message_id: str) -> None:
+    """Hold a message's queued and deferred deliveries."""
+    _queue_action(ctx, "hold", message_id)
+
+
+@queue_app.command("release")
+def queue_release(ctx: typer.Context, message_id: str) -> None:
+    """Release a held message: its deliveries are due at once."""
+    _queue_action(ctx, "release", message_id)
+
+
+@queue_app.command("cancel")
+def queue_cancel(ctx: typer.Context, message_id: str) -> None:
+    """Cancel every delivery of a message that is not sent yet."""
+    _queue_action(ctx, "cancel", message_id)
+
+
+@queue_app.command("retry")
+def queue_retry(
+    ctx: typer.Context,
+    message_id: Annotated[
+        str | None, typer.Argument(help="One message; omit to retry every deferred delivery.")
+    ] = None,
+    domain: Annotated[str | None, typer.Option("--domain", help="Only deliveries to this domain.")] = None,
+) -> None:
+    """Attempt deferred deliveries now instead of at their backoff time."""
+    if message_id is not None:
+        _queue_action(ctx, "retry", message_id)
+        return
+    count = _run(_settings(ctx), lambda gw: gw.outbound.retry_queue(_cli_principal(), domain=domain))
+    out.print(f"{count} deferred deliveries are due now")
 
 
 @apikeys_app.command("revoke")

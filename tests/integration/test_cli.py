@@ -136,7 +136,9 @@ def _start(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen(
-        [EXE, "--data-dir", str(data_dir), "serve", "--http", f"127.0.0.1:{port}", *extra],
+        [EXE, "--data-dir", str(data_dir), "serve", "--http", f"127.0.0.1:{port}"]
+        + ([] if "--submission" in extra else ["--submission", f"127.0.0.1:{free_port()}"])
+        + list(extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -211,3 +213,56 @@ def test_cli_on_postgresql(data_dir: Path, pg_database: str) -> None:
     assert "pg-tenant" in run(data_dir, "tenants", "list", env=env).stdout
     assert "1 entries verified" in run(data_dir, "audit", "verify", env=env).stdout
     assert not (data_dir / "mailgate.db").exists()
+
+
+def test_dkim_generate_prints_the_txt_value_last(data_dir: Path) -> None:
+    rsa = last_line(run(data_dir, "dkim", "generate", "--domain", "acme.test", "--selector", "s1"))
+    assert rsa.startswith("v=DKIM1; k=rsa; p=MII")
+    ed = last_line(
+        run(data_dir, "dkim", "generate", "--domain", "acme.test", "--selector", "e1", "--algorithm", "ed25519")
+    )
+    assert ed.startswith("v=DKIM1; k=ed25519; p=")
+    again = run(data_dir, "dkim", "generate", "--domain", "acme.test", "--selector", "s1", check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_smtp_credentials_print_username_and_password_last(data_dir: Path) -> None:
+    run(data_dir, "tenants", "create", "acme")
+    user, password = last_line(run(data_dir, "smtp-credentials", "create", "--tenant", "acme")).split()
+    assert user.startswith("smtp_") and len(password) >= 32
+    listing = run(data_dir, "smtp-credentials", "list").stdout
+    assert user in listing and password not in listing and "active" in listing
+    cid = next(line.split()[1] for line in listing.splitlines() if "smc_" in line)
+    assert "revoked" in run(data_dir, "smtp-credentials", "revoke", cid).stdout
+    unknown = run(data_dir, "smtp-credentials", "create", "--tenant", "nope", check=False)
+    assert unknown.returncode != 0 and "tenant 'nope' not found" in unknown.stderr
+
+
+def test_queue_commands_hold_release_and_cancel(data_dir: Path) -> None:
+    port = free_port()
+    proc = _start(data_dir, port, "--roles", "api")  # no worker: deliveries stay queued
+    try:
+        _wait_ready(proc, port)
+        run(data_dir, "tenants", "create", "acme")
+        key = last_line(run(data_dir, "apikeys", "create", "--tenant", "acme", "--scopes", "send,read"))
+        body = json.dumps({"from": "a@acme.test", "to": ["b@example.net"], "subject": "s", "text": "t"}).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/messages",
+            data=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            message_id = json.loads(resp.read())["id"]
+    finally:
+        _stop(proc)
+    listing = run(data_dir, "queue", "list").stdout
+    assert "queued=1" in listing and "b@example.net" in listing
+    assert "b@example.net: held" in run(data_dir, "queue", "hold", message_id).stdout
+    assert "held=1" in run(data_dir, "queue", "list", "--status", "held").stdout
+    assert "b@example.net: queued" in run(data_dir, "queue", "release", message_id).stdout
+    assert "b@example.net: cancelled" in run(data_dir, "queue", "cancel", message_id).stdout
+    assert "0 deferred deliveries are due now" in run(data_dir, "queue", "retry").stdout
+    bad = run(data_dir, "queue", "list", "--status", "lost", check=False)
+    assert bad.returncode == 2 and "known statuses" in bad.stderr
+    missing = run(data_dir, "queue", "hold", "msg_nope", check=False)
+    assert missing.returncode != 0 and "not found" in missing.stderr

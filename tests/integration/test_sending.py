@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dkim
 import pytest
 
 from mailgate.domain.tenancy import SYSTEM
+from mailgate.store.schema import deliveries
 from mailgate.testing.smtp_sink import SmtpSink
 from tests.conftest import Api
 from tests.integration.conftest import msg, setup_tenant, wait_status
@@ -165,3 +167,48 @@ async def test_other_tenants_messages_are_404(node: Api, sinks: list[SmtpSink]) 
     ).json()["key"]
     assert (await node.call("GET", f"/v1/messages/{mid}", other_key)).status_code == 404
     assert (await node.call("DELETE", f"/v1/messages/{mid}", other_key)).status_code == 404
+
+
+async def test_hold_release_and_retry_now(node: Api, sinks: list[SmtpSink]) -> None:
+    key = await setup_tenant(node, sinks)
+    for sink in sinks:
+        sink.mode = "tempfail_rcpt"
+    message_id = (await node.call("POST", "/v1/messages", key, json=msg("slow@example.net"))).json()["id"]
+    await wait_status(node, key, message_id, "deferred")
+    sender_only = await _key(node, ["read", "send"])
+    assert (await node.call("POST", f"/v1/messages/{message_id}/hold", sender_only)).status_code == 403
+    manager = key
+    held = await node.call("POST", f"/v1/messages/{message_id}/hold", manager)
+    assert held.status_code == 200 and held.json()["deliveries"][0]["status"] == "held"
+    tried = (await node.call("GET", f"/v1/messages/{message_id}", key)).json()["deliveries"][0]["attempts"]
+    await asyncio.sleep(1.5)  # several retry periods: a held delivery is not attempted
+    after = (await node.call("GET", f"/v1/messages/{message_id}", key)).json()["deliveries"][0]
+    assert after["status"] == "held" and after["attempts"] == tried
+    queue = (await node.call("GET", "/v1/queue?status=held", key)).json()
+    assert queue["counts"]["held"] == 1 and [d["message_id"] for d in queue["items"]] == [message_id]
+    for sink in sinks:
+        sink.mode = "accept"
+    released = await node.call("POST", f"/v1/messages/{message_id}/release", manager)
+    assert released.json()["deliveries"][0]["status"] in ("queued", "sent")
+    await wait_status(node, key, message_id, "sent")
+
+    sinks[0].mode = sinks[1].mode = "tempfail_rcpt"
+    later = (await node.call("POST", "/v1/messages", key, json=msg("later@example.net"))).json()["id"]
+    await wait_status(node, key, later, "deferred")
+    await node.gw.outbound.hold(SYSTEM, later)  # park it, then make its next attempt an hour away
+    sinks[0].mode = sinks[1].mode = "accept"
+    async with node.gw.db.write() as conn:
+        await conn.execute(
+            deliveries.update()
+            .where(deliveries.c.message_id == later)
+            .values(status="deferred", next_attempt_at=datetime.now(UTC) + timedelta(hours=1))
+        )
+    retried = await node.call("POST", "/v1/queue/retry?domain=example.net", manager)
+    assert retried.status_code == 200 and retried.json()["retried"] == 1
+    await wait_status(node, key, later, "sent", timeout=10)
+
+
+async def _key(node: Api, scopes: list[str]) -> str:
+    tenant = (await node.call("GET", "/v1/tenants", node.admin_key)).json()["items"][0]["id"]
+    r = await node.call("POST", "/v1/apikeys", node.admin_key, json={"tenant": tenant, "scopes": scopes})
+    return str(r.json()["key"])

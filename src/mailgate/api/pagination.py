@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 
 from mailgate.domain.errors import InvalidInput
 
@@ -36,5 +37,5 @@ def decode_int(cursor: str | None) -> int:
         raise InvalidInput("cursor is not one this API handed out", field="cursor") from None
 
 
-def next_cursor(items: list[object], limit: int, last: str | int | None) -> str | None:
+def next_cursor(items: Sequence[object], limit: int, last: str | int | None) -> str | None:
     return encode(last) if len(items) >= limit and last is not None else None

@@ -32,6 +32,8 @@ class EventType(StrEnum):
     DELIVERY_FAILED = "delivery.failed"
     DELIVERY_SUPPRESSED = "delivery.suppressed"
     DELIVERY_CANCELLED = "delivery.cancelled"
+    DELIVERY_HELD = "delivery.held"
+    DELIVERY_RELEASED = "delivery.released"
     CONNECTOR_DOWN = "connector.down"
     CONNECTOR_UP = "connector.up"
 

@@ -411,34 +411,141 @@ class OutboundService:
         return MessageView(message, deliveries, attempts)
 
     async def cancel(self, principal: Principal, message_id: str, request_id: str | None = None) -> MessageView:
+        """Cancel every delivery not yet final; an attempt in flight still records what happened."""
+        return await self._move(
+            principal,
+            message_id,
+            "message.cancel",
+            scope=Scope.SEND,
+            to=DeliveryStatus.CANCELLED,
+            from_statuses=(DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED, DeliveryStatus.HELD),
+            event=EventType.DELIVERY_CANCELLED,
+            request_id=request_id,
+        )
+
+    async def hold(self, principal: Principal, message_id: str, request_id: str | None = None) -> MessageView:
+        """Stop delivering a message until it is released (it keeps its place and its age)."""
+        return await self._move(
+            principal,
+            message_id,
+            "message.hold",
+            scope=Scope.MANAGE,
+            to=DeliveryStatus.HELD,
+            from_statuses=(DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED),
+            event=EventType.DELIVERY_HELD,
+            request_id=request_id,
+        )
+
+    async def release(self, principal: Principal, message_id: str, request_id: str | None = None) -> MessageView:
+        return await self._move(
+            principal,
+            message_id,
+            "message.release",
+            scope=Scope.MANAGE,
+            to=DeliveryStatus.QUEUED,
+            from_statuses=(DeliveryStatus.HELD,),
+            event=EventType.DELIVERY_RELEASED,
+            request_id=request_id,
+            due_now=True,
+        )
+
+    async def retry(self, principal: Principal, message_id: str, request_id: str | None = None) -> MessageView:
+        """Attempt deferred deliveries now instead of at their backoff time."""
+        return await self._move(
+            principal,
+            message_id,
+            "message.retry",
+            scope=Scope.MANAGE,
+            to=DeliveryStatus.DEFERRED,
+            from_statuses=(DeliveryStatus.DEFERRED,),
+            event=None,
+            request_id=request_id,
+            due_now=True,
+        )
+
+    async def _move(
+        self,
+        principal: Principal,
+        message_id: str,
+        action: str,
+        *,
+        scope: Scope,
+        to: DeliveryStatus,
+        from_statuses: tuple[DeliveryStatus, ...],
+        event: EventType | None,
+        request_id: str | None,
+        due_now: bool = False,
+    ) -> MessageView:
         view = await self.get_message(principal, message_id)
-        require(principal, Scope.SEND)
+        require(principal, scope)
         async with self._db.write() as conn:
             moved = await repo.set_status(
                 conn,
                 message_id=message_id,
-                to=DeliveryStatus.CANCELLED,
-                from_statuses=(DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED, DeliveryStatus.HELD),
+                to=to,
+                from_statuses=from_statuses,
+                next_attempt_at=utcnow() if due_now else None,
             )
-            for delivery_id in moved:
-                await self._admin.emit_in(
-                    conn,
-                    EventType.DELIVERY_CANCELLED,
-                    tenant_id=view.message.tenant_id,
-                    object_id=delivery_id,
-                    data={"message_id": message_id},
-                )
+            if event is not None:
+                for delivery_id in moved:
+                    await self._admin.emit_in(
+                        conn,
+                        event,
+                        tenant_id=view.message.tenant_id,
+                        object_id=delivery_id,
+                        data={"message_id": message_id},
+                    )
             await self._admin.audit_in(
                 conn,
                 principal,
-                "message.cancel",
+                action,
                 tenant_id=view.message.tenant_id,
                 object_type="message",
                 object_id=message_id,
                 request_id=request_id,
-                details={"cancelled": len(moved)},
+                details={"deliveries": len(moved)},
             )
+        if due_now and moved:
+            self.wake()
         return await self.get_message(principal, message_id)
+
+    async def retry_queue(
+        self, principal: Principal, *, domain: str | None = None, request_id: str | None = None
+    ) -> int:
+        """Make every deferred delivery of the caller's tenant (all tenants for admins) due now."""
+        require(principal, Scope.MANAGE)
+        tenant_id = None if principal.is_admin else tenant_of(principal)
+        async with self._db.write() as conn:
+            count = await repo.retry_now(conn, tenant_id=tenant_id, domain=domain, now=utcnow())
+            await self._admin.audit_in(
+                conn,
+                principal,
+                "queue.retry",
+                tenant_id=tenant_id,
+                object_type="queue",
+                object_id=domain,
+                request_id=request_id,
+                details={"deliveries": count},
+            )
+        if count:
+            self.wake()
+        return count
+
+    async def list_queue(
+        self,
+        principal: Principal,
+        *,
+        statuses: Sequence[DeliveryStatus],
+        domain: str | None,
+        after: str | None,
+        limit: int,
+    ) -> list[DeliveryRecord]:
+        require(principal, Scope.READ)
+        tenant_id = None if principal.is_admin else tenant_of(principal)
+        async with self._db.read() as conn:
+            return await repo.list_deliveries(
+                conn, tenant_id=tenant_id, statuses=statuses, domain=domain, after=after, limit=min(limit, 500)
+            )
 
     async def queue_counts(self, principal: Principal) -> dict[str, int]:
         require(principal, Scope.READ)

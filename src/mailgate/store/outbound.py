@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, func, or_, select, update
+from sqlalchemy import Row, and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -246,6 +246,15 @@ async def claim_due(
     return sorted((_delivery(r) for r in result.all()), key=lambda d: (d.message_id, d.id))
 
 
+def _keep_operator_decision(status: DeliveryStatus) -> Any:
+    """A hold or cancel made while an attempt was in flight survives a deferral; a final outcome (sent,
+    bounced, failed) is what happened and is recorded whatever the operator did meanwhile."""
+    if status != DeliveryStatus.DEFERRED:
+        return status.value
+    stopped = [DeliveryStatus.HELD.value, DeliveryStatus.CANCELLED.value]
+    return case((deliveries.c.status.in_(stopped), deliveries.c.status), else_=status.value)
+
+
 async def record_attempt(
     conn: AsyncConnection,
     delivery: DeliveryRecord,
@@ -263,7 +272,7 @@ async def record_attempt(
         update(deliveries)
         .where(deliveries.c.id == delivery.id, deliveries.c.lease_owner == owner)
         .values(
-            status=status.value,
+            status=_keep_operator_decision(status),
             attempts=deliveries.c.attempts + 1,
             next_attempt_at=next_attempt_at or now,
             lease_owner=None,
@@ -307,6 +316,38 @@ async def set_status(
         values["next_attempt_at"] = next_attempt_at
     result = await conn.execute(update(deliveries).where(and_(*conditions)).values(**values).returning(deliveries.c.id))
     return [r.id for r in result.all()]
+
+
+async def list_deliveries(
+    conn: AsyncConnection,
+    *,
+    tenant_id: str | None,
+    statuses: Sequence[DeliveryStatus],
+    domain: str | None,
+    after: str | None,
+    limit: int,
+) -> list[DeliveryRecord]:
+    query = select(deliveries).order_by(deliveries.c.id).limit(limit)
+    if tenant_id is not None:
+        query = query.where(deliveries.c.tenant_id == tenant_id)
+    if statuses:
+        query = query.where(deliveries.c.status.in_([s.value for s in statuses]))
+    if domain:
+        query = query.where(deliveries.c.domain == domain)
+    if after:
+        query = query.where(deliveries.c.id > after)
+    return [_delivery(r) for r in (await conn.execute(query)).all()]
+
+
+async def retry_now(conn: AsyncConnection, *, tenant_id: str | None, domain: str | None, now: datetime) -> int:
+    """Make every deferred delivery (of a tenant, to a domain) due at once: after an outage is fixed."""
+    conditions = [deliveries.c.status == DeliveryStatus.DEFERRED.value, deliveries.c.next_attempt_at > now]
+    if tenant_id is not None:
+        conditions.append(deliveries.c.tenant_id == tenant_id)
+    if domain:
+        conditions.append(deliveries.c.domain == domain)
+    result = await conn.execute(update(deliveries).where(and_(*conditions)).values(next_attempt_at=now, updated_at=now))
+    return int(result.rowcount or 0)
 
 
 async def queue_counts(conn: AsyncConnection, tenant_id: str | None) -> dict[str, int]:

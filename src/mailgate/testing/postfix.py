@@ -236,19 +236,18 @@ class PostfixRelay:
         self._postfix = find_program("postfix")
         if self.directory is not None:
             raise RuntimeError("the relay is already started")
-        for attempt in range(_START_ATTEMPTS):
-            self._prepare(free_port())
-            status, output = await _run([self._postfix, "-c", str(self.config_dir), "start"], timeout)
-            if status == 0:
-                break
-            failure = f"{output.strip()}\n{self.maillog().strip()}"
-            await self._remove()
-            # the port was taken between picking and binding it: try another; anything else is for real
-            if "in use" not in failure or attempt == _START_ATTEMPTS - 1:
-                raise RuntimeError(f"Postfix did not start:\n{failure}")
-        assert self.directory is not None
         try:
-            self._master_pid = int((self.directory / "queue" / "pid" / "master.pid").read_text().strip())
+            for attempt in range(_START_ATTEMPTS):
+                self._prepare(free_port())
+                status, output = await _run([self._postfix, "-c", str(self.config_dir), "start"], timeout)
+                if status == 0:
+                    break
+                failure = f"{output.strip()}\n{self.maillog().strip()}"
+                await self._remove()
+                # the port was taken between picking and binding it: try another; anything else is for real
+                if "in use" not in failure or attempt == _START_ATTEMPTS - 1:
+                    raise RuntimeError(f"Postfix did not start:\n{failure}")
+            self._master_pid = self._read_master_pid()
             await _accepting(self.port, lambda: not self._alive(), timeout)
         except BaseException:
             await self.stop()
@@ -268,6 +267,12 @@ class PostfixRelay:
         (directory / "etc" / "main.cf").write_text(main_cf)
         (directory / "etc" / "master.cf").write_text(_MASTER_CF.format(port=port))
 
+    def _read_master_pid(self) -> int | None:
+        try:
+            return int((self.config_dir.parent / "queue" / "pid" / "master.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def _alive(self) -> bool:
         if self._master_pid is None:
             return False
@@ -284,6 +289,8 @@ class PostfixRelay:
         if self.directory is None:
             return
         try:
+            if self._master_pid is None:  # start() was interrupted: the master may be up all the same
+                self._master_pid = self._read_master_pid()
             if self._master_pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self._master_pid, signal.SIGTERM)

@@ -10,9 +10,20 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from mailgate.api import pagination
 from mailgate.api.deps import Caller, Outbound, RequestId
 from mailgate.api.schemas.common import problems
-from mailgate.api.schemas.outbound import BatchAccepted, BatchIn, MessageOut, QueueOut, SendAccepted, SendIn
+from mailgate.api.schemas.outbound import (
+    BatchAccepted,
+    BatchIn,
+    MessageOut,
+    QueuedDelivery,
+    QueueOut,
+    QueueRetried,
+    SendAccepted,
+    SendIn,
+)
+from mailgate.domain.delivery import DeliveryStatus
 from mailgate.outbound.service import AttachmentIn, BatchRecipient, SendRequest
 
 RAW_TYPES = ("message/rfc822", "message/global")
@@ -142,8 +153,68 @@ async def cancel_message(id: str, outbound: Outbound, caller: Caller, rid: Reque
 @router.get(
     "/v1/queue",
     response_model=QueueOut,
-    responses=problems(401, 403, 503),
-    summary="Deliveries by status (the caller's tenant, or all for admins)",
+    responses=problems(401, 403, 422, 503),
+    summary="Counts by status, and the deliveries matching the filters (the caller's tenant, or all for admins)",
 )
-async def queue(outbound: Outbound, caller: Caller) -> QueueOut:
-    return QueueOut(counts=await outbound.queue_counts(caller))
+async def queue(
+    outbound: Outbound,
+    caller: Caller,
+    status: Annotated[list[DeliveryStatus] | None, Query(description="Only these statuses (repeatable).")] = None,
+    domain: Annotated[str | None, Query(description="Only recipients at this domain.")] = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = pagination.DEFAULT_LIMIT,
+) -> QueueOut:
+    counts = await outbound.queue_counts(caller)
+    items = await outbound.list_queue(
+        caller, statuses=status or [], domain=domain, after=pagination.decode(cursor), limit=limit
+    )
+    return QueueOut(
+        counts=counts,
+        items=[QueuedDelivery.of(d) for d in items],
+        next_cursor=pagination.next_cursor(items, limit, items[-1].id if items else None),
+    )
+
+
+@router.post(
+    "/v1/queue/retry",
+    response_model=QueueRetried,
+    responses=problems(401, 403, 503),
+    summary="Make every deferred delivery due now (optionally only those to one domain)",
+)
+async def retry_queue(
+    outbound: Outbound,
+    caller: Caller,
+    rid: RequestId,
+    domain: Annotated[str | None, Query(description="Only recipients at this domain.")] = None,
+) -> QueueRetried:
+    return QueueRetried(retried=await outbound.retry_queue(caller, domain=domain, request_id=rid))
+
+
+@router.post(
+    "/v1/messages/{id}/hold",
+    response_model=MessageOut,
+    responses=problems(401, 403, 404, 503),
+    summary="Hold the message's queued and deferred deliveries until released",
+)
+async def hold_message(id: str, outbound: Outbound, caller: Caller, rid: RequestId) -> MessageOut:
+    return MessageOut.of(await outbound.hold(caller, id, rid))
+
+
+@router.post(
+    "/v1/messages/{id}/release",
+    response_model=MessageOut,
+    responses=problems(401, 403, 404, 503),
+    summary="Release held deliveries: they are due at once",
+)
+async def release_message(id: str, outbound: Outbound, caller: Caller, rid: RequestId) -> MessageOut:
+    return MessageOut.of(await outbound.release(caller, id, rid))
+
+
+@router.post(
+    "/v1/messages/{id}/retry",
+    response_model=MessageOut,
+    responses=problems(401, 403, 404, 503),
+    summary="Attempt deferred deliveries now instead of at their backoff time",
+)
+async def retry_message(id: str, outbound: Outbound, caller: Caller, rid: RequestId) -> MessageOut:
+    return MessageOut.of(await outbound.retry(caller, id, rid))

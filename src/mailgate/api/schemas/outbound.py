@@ -299,8 +299,42 @@ class SuppressionPage(BaseModel):
     next_cursor: str | None
 
 
+class QueuedDelivery(BaseModel):
+    id: str
+    message_id: str
+    tenant: str
+    recipient: str
+    status: str
+    attempts: int
+    next_attempt_at: AwareDatetime | None
+    last_reply: str | None
+    last_connector: str | None
+    created_at: AwareDatetime
+
+    @classmethod
+    def of(cls, d: DeliveryRecord) -> QueuedDelivery:
+        return cls(
+            id=d.id,
+            message_id=d.message_id,
+            tenant=d.tenant_id,
+            recipient=d.recipient,
+            status=d.status.value,
+            attempts=d.attempts,
+            next_attempt_at=None if d.status.final else d.next_attempt_at,
+            last_reply=d.last_reply,
+            last_connector=d.last_connector,
+            created_at=d.created_at,
+        )
+
+
 class QueueOut(BaseModel):
-    counts: dict[str, int]
+    counts: dict[str, int] = Field(description="Deliveries by status (the caller's tenant, or all for admins).")
+    items: list[QueuedDelivery] = Field(description="Deliveries matching the filters, oldest id first.")
+    next_cursor: str | None
+
+
+class QueueRetried(BaseModel):
+    retried: int
 
 
 class TemplateIn(BaseModel):
