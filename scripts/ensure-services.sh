@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the system services the tests talk to are installed and running.
 # As root it installs what is missing (Debian packages); it starts PostgreSQL when it is installed but down.
+# Postfix is only installed: the tests and the outbound benchmark run throwaway instances of their own
+# (mailgate.testing.postfix), so the system MTA is left unconfigured and is never started.
 set -euo pipefail
 
 PG_URL_HOST=${MAILGATE_TEST_PG_HOST:-127.0.0.1}
@@ -56,5 +58,30 @@ if pg_ready; then
   echo "ensure-services: PostgreSQL ready on $PG_URL_HOST:$PG_PORT"
 else
   echo "ensure-services: PostgreSQL is not reachable on $PG_URL_HOST:$PG_PORT" >&2
+  [ "${CI:-}" = "true" ] && exit 1
+fi
+
+postfix_installed() { dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q 'ok installed'; }
+
+if ! postfix_installed; then
+  echo "ensure-services: installing Postfix (no system configuration, not started)"
+  if as_root; then
+    # "No configuration": no /etc/postfix/main.cf, so nothing can start a system MTA by accident
+    echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
+  fi
+  if apt_install postfix; then
+    if have systemctl; then
+      systemctl disable --quiet postfix.service >/dev/null 2>&1 || true
+      [ -d /run/systemd/system ] && systemctl stop postfix.service >/dev/null 2>&1 || true
+    fi
+  elif [ "${CI:-}" = "true" ]; then
+    exit 1
+  fi
+fi
+
+if postfix_installed && [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/smtp-source ]; then
+  echo "ensure-services: Postfix $(dpkg-query -W -f='${Version}' postfix) installed (smtp-sink, smtp-source)"
+else
+  echo "ensure-services: Postfix is not installed; the Postfix tests will be skipped" >&2
   [ "${CI:-}" = "true" ] && exit 1
 fi

@@ -30,9 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 # Postfix's programs live in sbin, which a non-root PATH often lacks.
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
@@ -191,8 +189,8 @@ class PostfixRelay:
         PostfixRelay(next_hop_port=sink.port, main_cf=refuse)
 
     ``start()`` returns once the smtpd port (``self.port``) accepts connections; ``stop()`` stops the
-    master and every process it started and removes the directory (``keep=True`` keeps it, e.g. to
-    read ``maillog``). ``base_dir`` is where the temp dir goes: Postfix's socket paths must stay short.
+    master and every process it started and removes the directory. ``base_dir`` is where the temp
+    dir goes (default: the system temp dir); Postfix's socket paths under it must stay short.
     """
 
     def __init__(
@@ -201,12 +199,10 @@ class PostfixRelay:
         next_hop_port: int,
         main_cf: Mapping[str, str] | None = None,
         base_dir: str | None = None,
-        keep: bool = False,
     ) -> None:
         self.next_hop_port = next_hop_port
         self.main_cf = dict(main_cf or {})
         self.base_dir = base_dir
-        self.keep = keep
         self.port = 0
         self.directory: Path | None = None
         self._postfix = ""
@@ -217,10 +213,6 @@ class PostfixRelay:
         if self.directory is None:
             raise RuntimeError("the relay is not started")
         return self.directory / "etc"
-
-    @property
-    def master_pid(self) -> int | None:
-        return self._master_pid
 
     def maillog(self) -> str:
         """Postfix's log so far: what to read when a test fails."""
@@ -303,8 +295,7 @@ class PostfixRelay:
                     os.killpg(self._master_pid, signal.SIGKILL)
         finally:
             self._master_pid = None
-            if not self.keep:
-                await self._remove()
+            await self._remove()
 
     async def _remove(self) -> None:
         directory, self.directory = self.directory, None
@@ -345,10 +336,6 @@ class PostfixSink:
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
 
     async def start(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         program = find_program("smtp-sink")
@@ -431,19 +418,11 @@ class PostfixSink:
         await self.start()
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
 
 # ----- smtp-source -----
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRun:
-    messages: int
-    seconds: float  # from start to exit: until the last message was accepted (250 to its final dot)
 
 
 async def smtp_source(
@@ -456,7 +435,7 @@ async def smtp_source(
     rcpt_to: str = "sink@sink.test",
     reuse_connections: bool = True,
     timeout: float = 120.0,  # noqa: ASYNC109
-) -> SourceRun:
+) -> None:
     """Send ``messages`` messages of ``size`` payload bytes to 127.0.0.1:port with Postfix's
     ``smtp-source`` over ``sessions`` parallel sessions; ``reuse_connections`` keeps each session's
     connection for its next message (``-d``), as a client with a connection pool would.
@@ -466,9 +445,6 @@ async def smtp_source(
     argv += ["-f", mail_from, "-t", rcpt_to, "-M", "source.test.invalid"]
     if reuse_connections:
         argv.append("-d")
-    started = time.perf_counter()
     status, output = await _run([*argv, f"127.0.0.1:{port}"], timeout)
-    seconds = time.perf_counter() - started
     if status != 0:
         raise RuntimeError(f"smtp-source exited with status {status}: {output.strip()[-2000:]}")
-    return SourceRun(messages, seconds)
