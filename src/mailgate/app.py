@@ -89,7 +89,7 @@ class Gateway:
         location = settings.blobs.backend
         if location == "auto":
             location = "file" if db.dialect == "sqlite" else "database"
-        blobs = BlobStore(db, keyring, location, settings.data_dir / "blobs")
+        blobs = BlobStore(db, keyring, location, settings.data_dir / "blobs", inline_max=settings.blobs.inline_max)
         tls = ensure_tls(settings.data_dir, settings.tls.cert_file, settings.tls.key_file, settings.tls.hostname)
         admin = AdminService(db, keyring)
         resolver = DnsResolver([parse_hostport(s, 53) for s in settings.dns.servers], timeout=settings.dns.timeout)
@@ -144,6 +144,9 @@ class Gateway:
         CONNECTOR_STATE.labels(spec.name).set(1 if up else 0)
         if new == BreakerState.HALF_OPEN:
             log.info("connector probing", connector=spec.name)
+            return
+        if old == BreakerState.HALF_OPEN and new == BreakerState.OPEN:
+            log.info("connector probe failed; still down", connector=spec.name)  # down was reported already
             return
         log.warning("connector down" if not up else "connector up", connector=spec.name, previous=old.value)
         event = EventType.CONNECTOR_UP if up else EventType.CONNECTOR_DOWN

@@ -85,6 +85,13 @@ class BlobSettings(_Section):
         description="Where encrypted blobs live: `file` (data dir), `database` (shared by all nodes); "
         "`auto` picks `file` on SQLite and `database` on PostgreSQL.",
     )
+    inline_max: int = Field(
+        65536,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="Blobs up to this many bytes are kept in the database with the row that refers to them, "
+        "whatever the backend: one durable write instead of three. 0 keeps every blob in the backend.",
+    )
 
 
 class TlsSettings(_Section):

@@ -47,7 +47,7 @@ async def test_blob_plaintext_never_reaches_disk_or_database(tmp_path: Path, db_
     data_dir = tmp_path / "data"
     gw = await Gateway.open(make_settings(data_dir, db_url, blobs={"backend": backend}))
     try:
-        payload = MARKER * 1000
+        payload = MARKER * 3000  # over blobs.inline_max: it goes to the backend itself
         ref = await gw.blobs.put(payload)
         assert ref.size == len(payload)
         assert await gw.blobs.get(ref.id) == payload
@@ -58,6 +58,18 @@ async def test_blob_plaintext_never_reaches_disk_or_database(tmp_path: Path, db_
         await gw.close()
     if backend == "file":
         assert any(p.is_file() for p in (data_dir / "blobs").rglob("*"))
+
+
+async def test_small_blobs_live_in_the_database_with_their_row(tmp_path: Path, db_url: str) -> None:
+    data_dir = tmp_path / "data"
+    gw = await Gateway.open(make_settings(data_dir, db_url, blobs={"backend": "file"}))
+    try:
+        small = await gw.blobs.put(MARKER * 10)
+        assert await gw.blobs.get(small.id) == MARKER * 10
+        assert not (data_dir / "blobs").exists() or not any((data_dir / "blobs").rglob(small.id))
+        assert MARKER not in await _database_bytes(gw) and MARKER not in _all_files_bytes(tmp_path)
+    finally:
+        await gw.close()
 
 
 async def test_blob_ids_are_keyed_and_missing_blobs_are_not_found(gateway: Gateway) -> None:
@@ -75,7 +87,7 @@ async def test_blob_ids_are_keyed_and_missing_blobs_are_not_found(gateway: Gatew
 async def test_tampered_blob_file_is_detected(tmp_path: Path) -> None:
     gw = await Gateway.open(make_settings(tmp_path / "data"))
     try:
-        ref = await gw.blobs.put(b"x" * 5000)
+        ref = await gw.blobs.put(b"x" * 100_000)
         path = next(p for p in (tmp_path / "data" / "blobs").rglob(ref.id))
         raw = bytearray(path.read_bytes())
         raw[-100] ^= 0xFF

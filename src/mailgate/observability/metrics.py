@@ -58,3 +58,9 @@ SUBMISSIONS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+GROUP_COMMIT_SIZE = Histogram(
+    "mailgate_group_commit_size",
+    "Writes committed together in one database transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    registry=REGISTRY,
+)

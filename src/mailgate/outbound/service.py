@@ -301,10 +301,14 @@ class OutboundService:
         *,
         batch: bool,
     ) -> dict[str, Any]:
-        """Store the messages, their deliveries and events in one transaction; only then answer."""
-        blobs = [await self._blobs.put(item.raw) for item in items]
+        """Store the messages, their deliveries and events in one transaction; only then answer.
+
+        The transaction is shared with other concurrent writers (group commit): one flush for all.
+        """
+        staged = [await self._blobs.stage(item.raw) for item in items]
         now = utcnow()
-        async with self._db.write() as conn:
+
+        async def work(conn: AsyncConnection) -> dict[str, Any]:
             if idempotency is not None:
                 seen = await repo.claim_idempotency_key(
                     conn, tenant_id, idempotency[0], idempotency[1], now - IDEMPOTENCY_WINDOW
@@ -318,11 +322,15 @@ class OutboundService:
                 conn, tenant_id, list({suppression_key(r) for item in items for r in item.recipients})
             )
             results = []
-            for item, blob in zip(items, blobs, strict=True):
-                results.append(await self._insert(conn, tenant_id, item, blob, suppressed, now))
+            for item, blob in zip(items, staged, strict=True):
+                ref = await self._blobs.store_in(conn, blob)
+                results.append(await self._insert(conn, tenant_id, item, ref, suppressed, now))
             response = {"messages": results} if batch else results[0]
             if idempotency is not None:
                 await repo.complete_idempotency_key(conn, tenant_id, idempotency[0], response)
+            return response
+
+        response = await self._db.batched.run(work)
         self.wake()
         return response
 

@@ -16,6 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from mailgate.admin.service import AdminService
 from mailgate.domain.delivery import Bounced, Deferred, Delivered, DeliveryOutcome, DeliveryStatus, Failed
 from mailgate.domain.errors import MailgateError, Unavailable
@@ -173,7 +175,10 @@ class DeliveryWorker:
         results: dict[str, tuple[DeliveryOutcome, str | None, int]],
     ) -> None:
         now = utcnow()
-        async with self._db.write() as conn:
+        recorded: list[tuple[DeliveryStatus, str | None]] = []
+
+        async def work(conn: AsyncConnection) -> None:
+            recorded.clear()  # a retried savepoint starts over
             for delivery in group:
                 outcome, connector, elapsed = results.get(
                     delivery.recipient, (Deferred("connector returned no outcome", connector_fault=True), None, 0)
@@ -194,9 +199,7 @@ class DeliveryWorker:
                 ):
                     log.warning("lease lost before recording; the new owner's result stands", delivery=delivery.id)
                     continue
-                DELIVERIES.labels(step.status.value, connector or "none").inc()
-                if step.status == DeliveryStatus.SENT:
-                    DELIVERY_LATENCY.observe((now - message.created_at).total_seconds())
+                recorded.append((step.status, connector))
                 await self._admin.emit_in(
                     conn,
                     _EVENT[step.status],
@@ -213,3 +216,9 @@ class DeliveryWorker:
                         "metadata": message.meta,
                     },
                 )
+
+        await self._db.batched.run(work)
+        for status, connector in recorded:
+            DELIVERIES.labels(status.value, connector or "none").inc()
+            if status == DeliveryStatus.SENT:
+                DELIVERY_LATENCY.observe((now - message.created_at).total_seconds())

@@ -3,6 +3,10 @@
 A blob's id is an HMAC of its bytes under a per-installation key: identical content is stored once,
 yet the id reveals nothing to someone who could otherwise confirm a guessed message by its hash.
 Writes are durable before ``put`` returns (temp file, fsync, rename, fsync of the directory).
+
+Small blobs (``inline_max``, 64 KiB by default) are kept in the database whatever the location: stored
+in the same transaction as the row that refers to them, they cost no flush of their own, where a file
+costs two (the file and its directory) before that transaction may even begin.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Literal
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.domain.errors import NotFound
 from mailgate.security import envelope
@@ -32,6 +37,16 @@ Location = Literal["file", "database"]
 class BlobRef:
     id: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlob:
+    """Sealed and, if it lives in a file, already durable there; ``store_in`` records it."""
+
+    ref: BlobRef
+    location: Location
+    key_id: str
+    sealed: bytes | None  # the bytes to keep in the database, None when they are in a file
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,11 +74,14 @@ def write_durably(path: Path, data: bytes) -> None:
 
 
 class BlobStore:
-    def __init__(self, db: Database, keyring: Keyring, location: Location, root: Path) -> None:
+    def __init__(
+        self, db: Database, keyring: Keyring, location: Location, root: Path, *, inline_max: int = 65536
+    ) -> None:
         self._db = db
         self._keyring = keyring
         self.location = location
         self._root = root
+        self._inline_max = inline_max
         self._name_key = keyring.subkey("blob-id")
 
     def blob_id(self, data: bytes) -> str:
@@ -73,27 +91,37 @@ class BlobStore:
         return self._root / blob_id[:2] / blob_id[2:4] / blob_id
 
     async def put(self, data: bytes) -> BlobRef:
+        staged = await self.stage(data)
+        async with self._db.write() as conn:
+            await self.store_in(conn, staged)
+        return staged.ref
+
+    async def stage(self, data: bytes) -> StagedBlob:
+        """The work that needs no transaction: sealing, and writing the file of a large blob."""
         blob_id = self.blob_id(data)
-        ref = BlobRef(blob_id, len(data))
-        async with self._db.read() as conn:
-            if (await conn.execute(select(blobs.c.id).where(blobs.c.id == blob_id))).first():
-                return ref
         sealed = self._keyring.seal(data, blob_id.encode())
-        if self.location == "file":
-            await asyncio.to_thread(write_durably, self._path(blob_id), sealed)
+        ref = BlobRef(blob_id, len(data))
+        if self.location == "file" and len(data) > self._inline_max:
+            path = self._path(blob_id)
+            if not await asyncio.to_thread(path.exists):
+                await asyncio.to_thread(write_durably, path, sealed)
+            return StagedBlob(ref, "file", envelope.key_id_of(sealed), None)
+        return StagedBlob(ref, "database", envelope.key_id_of(sealed), sealed)
+
+    async def store_in(self, conn: AsyncConnection, staged: StagedBlob) -> BlobRef:
+        """Record a staged blob inside the caller's transaction (a no-op if the same content exists)."""
+        ref = staged.ref
+        if (await conn.execute(select(blobs.c.id).where(blobs.c.id == ref.id))).first():
+            return ref
         try:
-            async with self._db.write() as conn:
+            async with conn.begin_nested():
                 await conn.execute(
                     blobs.insert().values(
-                        id=blob_id,
-                        size=len(data),
-                        key_id=envelope.key_id_of(sealed),
-                        location=self.location,
-                        created_at=utcnow(),
+                        id=ref.id, size=ref.size, key_id=staged.key_id, location=staged.location, created_at=utcnow()
                     )
                 )
-                if self.location == "database":
-                    await conn.execute(blob_data.insert().values(id=blob_id, data=sealed))
+                if staged.sealed is not None:
+                    await conn.execute(blob_data.insert().values(id=ref.id, data=staged.sealed))
         except DbIntegrityError:
             pass  # stored concurrently by another writer: same content, same id
         return ref

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailgate.domain.errors import Unavailable
+from mailgate.store.group_commit import GroupCommit
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _READONLY = "mailgate_readonly"
@@ -48,6 +49,7 @@ class Database:
             self._configure_sqlite(busy_timeout_ms)
         else:
             self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        self.batched = GroupCommit(self.write)
 
     def _configure_sqlite(self, busy_timeout_ms: int) -> None:
         sync_engine = self.engine.sync_engine

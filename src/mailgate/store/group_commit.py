@@ -1,0 +1,72 @@
+"""Group commit: many callers' small writes share one transaction, so they share one fsync.
+
+Accepting a message or recording an attempt is a few row inserts, but a durable commit costs a disk
+flush (milliseconds), and SQLite runs one writer at a time anyway. Writes submitted while a commit is
+in progress are gathered and committed together when it ends. Each caller's work runs in its own
+savepoint, so one caller's failure rolls back only its own rows; every caller is answered only after
+the commit that holds its rows, exactly as with a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mailgate.observability.metrics import GROUP_COMMIT_SIZE
+
+T = TypeVar("T")
+Work = Callable[[AsyncConnection], Awaitable[Any]]
+
+
+class GroupCommit:
+    def __init__(self, begin: Callable[[], AbstractAsyncContextManager[AsyncConnection]], max_batch: int = 500) -> None:
+        self._begin = begin
+        self._max_batch = max_batch
+        self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
+
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in a shared transaction; returns its result once that transaction is committed."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((work, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_all())
+        return await future
+
+    async def _commit_all(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            async with self._begin() as conn:
+                for work, future in batch:
+                    if future.cancelled():
+                        continue
+                    try:
+                        async with conn.begin_nested():
+                            outcomes.append((future, await work(conn), None))
+                    except Exception as exc:
+                        outcomes.append((future, None, exc))
+        except BaseException as exc:  # the commit failed: nobody's rows are stored
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        GROUP_COMMIT_SIZE.observe(len(batch))
+        for future, result, error in outcomes:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
