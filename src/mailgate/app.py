@@ -104,6 +104,7 @@ class Gateway:
             hostname=settings.tls.hostname,
         )
         setup = OutboundSetup(db, keyring, admin, validate_connector=connectors)
+        setup.config_changed.append(outbound.forget_signers)
         suppressions = SuppressionService(db, admin)
         smtp_credentials = SmtpCredentials(db, keyring, admin)
         return cls(

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
@@ -45,6 +46,7 @@ from mailgate.store.keyring import Keyring
 from mailgate.store.types import utcnow
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+SIGNER_CACHE_SECONDS = 5.0
 MAX_RECIPIENTS = 1000
 
 
@@ -140,6 +142,7 @@ class OutboundService:
         self._admin = admin
         self._hostname = hostname
         self._signers: dict[str, DkimSigner] = {}
+        self._signing: dict[tuple[str, str], tuple[DkimSigner | None, float]] = {}
         self._queue_changed = asyncio.Event()
 
     # ----- the queue's wake-up -----
@@ -397,15 +400,30 @@ class OutboundService:
         }
 
     async def _sign(self, tenant_id: str, domain: str, raw: bytes) -> bytes:
+        signer = await self._signer_for(tenant_id, domain)
+        return raw if signer is None else signer.sign(raw) + raw
+
+    async def _signer_for(self, tenant_id: str, domain: str) -> DkimSigner | None:
+        """Which key signs mail of ``domain``, remembered for a few seconds: looking it up costs a
+        database read, and a burst of mail from one domain would pay it on every message. Keys made on
+        this node apply at once (``forget_signers``), on other nodes within ``SIGNER_CACHE_SECONDS``."""
+        now = time.monotonic()
+        cached = self._signing.get((tenant_id, domain))
+        if cached is not None and cached[1] > now:
+            return cached[0]
         async with self._db.read() as conn:
             key = await repo.signing_key(conn, domain, tenant_id)
-        if key is None:
-            return raw
-        signer = self._signers.get(key.id)
-        if signer is None:
-            pem = await self._keyring.unseal(key.sealed_pem, f"dkim:{key.id}".encode())
-            signer = self._signers[key.id] = DkimSigner(key.domain, key.selector, pem)
-        return signer.sign(raw) + raw
+        signer = None
+        if key is not None:
+            signer = self._signers.get(key.id)
+            if signer is None:
+                pem = await self._keyring.unseal(key.sealed_pem, f"dkim:{key.id}".encode())
+                signer = self._signers[key.id] = DkimSigner(key.domain, key.selector, pem)
+        self._signing[(tenant_id, domain)] = (signer, now + SIGNER_CACHE_SECONDS)
+        return signer
+
+    def forget_signers(self) -> None:
+        self._signing.clear()
 
     # ----- reading and controlling messages -----
 

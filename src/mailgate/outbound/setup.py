@@ -193,4 +193,5 @@ class OutboundSetup:
                 request_id=None,
                 details={"domain": domain, "selector": selector, "algorithm": algorithm},
             )
+        self._changed()
         return dns_value
