@@ -40,7 +40,7 @@ async def _enqueue(db: Database, keyring: Keyring, n: int, per_message: int = 5)
     async with db.write() as conn:
         for m in range(n // per_message):
             message = MessageRecord(f"msg_{m}", "ten_q", now, "a@x.test", "blob", 1, {}, [], {}, None, "api")
-            await repo.insert_message(conn, keyring, message)
+            await repo.insert_messages(conn, keyring, [message])
             rows = [
                 DeliveryRecord(
                     f"dlv_{m}_{r}",
@@ -97,26 +97,16 @@ async def test_a_dead_workers_lease_expires_and_is_taken_over(store: tuple[Datab
         taken = await repo.claim_due(conn, owner="alive", now=later, lease=timedelta(minutes=5), limit=10)
     assert {d.id for d in taken} == {d.id for d in first}
     async with db.write() as conn:
-        # the dead worker comes back: its late result must not overwrite the new owner's
-        assert not await repo.record_attempt(
-            conn,
-            first[0],
-            owner="dead",
-            status=DeliveryStatus.SENT,
-            next_attempt_at=None,
-            connector="c",
-            reply="250",
-            duration_ms=1,
+        # the dead worker comes back: it no longer holds the lease, and even a write that skipped the
+        # check would not overwrite the new owner's result
+        assert await repo.leased_by(conn, [first[0].id], "dead") == set()
+        await repo.record_attempts(
+            conn, [repo.AttemptResult(first[0].id, DeliveryStatus.SENT, None, "c", "250", 1)], "dead"
         )
-        assert await repo.record_attempt(
-            conn,
-            taken[0],
-            owner="alive",
-            status=DeliveryStatus.DEFERRED,
-            next_attempt_at=utcnow() + timedelta(minutes=1),
-            connector="c",
-            reply="451",
-            duration_ms=1,
+        assert await repo.leased_by(conn, [taken[0].id], "alive") == {taken[0].id}
+        later_try = utcnow() + timedelta(minutes=1)
+        await repo.record_attempts(
+            conn, [repo.AttemptResult(taken[0].id, DeliveryStatus.DEFERRED, later_try, "c", "451", 1)], "alive"
         )
     async with db.read() as conn:
         rows = {d.id: d for d in await repo.deliveries_of(conn, first[0].message_id)}
@@ -128,15 +118,9 @@ async def test_deferred_rows_wait_for_their_time(store: tuple[Database, Keyring]
     await _enqueue(db, keyring, 5)
     async with db.write() as conn:
         batch = await repo.claim_due(conn, owner="w", now=utcnow(), lease=timedelta(minutes=5), limit=1)
-        await repo.record_attempt(
-            conn,
-            batch[0],
-            owner="w",
-            status=DeliveryStatus.DEFERRED,
-            next_attempt_at=utcnow() + timedelta(hours=1),
-            connector=None,
-            reply="x",
-            duration_ms=0,
+        next_try = utcnow() + timedelta(hours=1)
+        await repo.record_attempts(
+            conn, [repo.AttemptResult(batch[0].id, DeliveryStatus.DEFERRED, next_try, None, "x", 0)], "w"
         )
         rest = await repo.claim_due(conn, owner="w", now=utcnow(), lease=timedelta(minutes=5), limit=10)
     assert batch[0].id not in {d.id for d in rest} and len(rest) == 4
@@ -145,3 +129,31 @@ async def test_deferred_rows_wait_for_their_time(store: tuple[Database, Keyring]
             conn, owner="w2", now=utcnow() + timedelta(hours=2), lease=timedelta(minutes=5), limit=10
         )
     assert batch[0].id in {d.id for d in due_later}
+
+
+async def test_a_hold_made_during_an_attempt_survives_its_deferral(store: tuple[Database, Keyring]) -> None:
+    db, keyring = store
+    await _enqueue(db, keyring, 2, per_message=2)
+    async with db.write() as conn:
+        claimed = await repo.claim_due(conn, owner="w", now=utcnow(), lease=timedelta(minutes=5), limit=10)
+        for delivery in claimed:  # the operator acts while both attempts are in flight
+            await repo.set_status(
+                conn,
+                message_id=delivery.message_id,
+                delivery_id=delivery.id,
+                to=DeliveryStatus.HELD,
+                from_statuses=(DeliveryStatus.QUEUED,),
+            )
+        later = utcnow() + timedelta(minutes=1)
+        await repo.record_attempts(
+            conn,
+            [
+                repo.AttemptResult(claimed[0].id, DeliveryStatus.DEFERRED, later, "c", "451 busy", 5),
+                repo.AttemptResult(claimed[1].id, DeliveryStatus.SENT, None, "c", "250 ok", 5),
+            ],
+            "w",
+        )
+    async with db.read() as conn:
+        rows = {d.id: d for d in await repo.deliveries_of(conn, claimed[0].message_id)}
+    assert rows[claimed[0].id].status == DeliveryStatus.HELD and rows[claimed[0].id].attempts == 1
+    assert rows[claimed[1].id].status == DeliveryStatus.SENT  # what happened is recorded regardless

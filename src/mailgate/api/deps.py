@@ -20,7 +20,7 @@ from mailgate.outbound.templates import TemplateService
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mg_...`")
 
 
-def admin_service(request: Request) -> AdminService:
+async def admin_service(request: Request) -> AdminService:
     service: AdminService = request.app.state.admin
     return service
 
@@ -37,7 +37,7 @@ async def principal(
     return who
 
 
-def request_id() -> str | None:
+async def request_id() -> str | None:
     return request_id_var.get()
 
 
@@ -46,7 +46,7 @@ Caller = Annotated[Principal, Depends(principal)]
 RequestId = Annotated[str | None, Depends(request_id)]
 
 
-def outbound_service(request: Request) -> OutboundService:
+async def outbound_service(request: Request) -> OutboundService:
     service: OutboundService = request.app.state.outbound
     return service
 
@@ -54,7 +54,7 @@ def outbound_service(request: Request) -> OutboundService:
 Outbound = Annotated[OutboundService, Depends(outbound_service)]
 
 
-def smtp_credentials_service(request: Request) -> SmtpCredentials:
+async def smtp_credentials_service(request: Request) -> SmtpCredentials:
     service: SmtpCredentials = request.app.state.smtp_credentials
     return service
 
@@ -62,7 +62,7 @@ def smtp_credentials_service(request: Request) -> SmtpCredentials:
 SmtpCredentialsDep = Annotated[SmtpCredentials, Depends(smtp_credentials_service)]
 
 
-def template_service(request: Request) -> TemplateService:
+async def template_service(request: Request) -> TemplateService:
     service: TemplateService = request.app.state.templates
     return service
 
@@ -70,12 +70,12 @@ def template_service(request: Request) -> TemplateService:
 Templates = Annotated[TemplateService, Depends(template_service)]
 
 
-def setup_service(request: Request) -> OutboundSetup:
+async def setup_service(request: Request) -> OutboundSetup:
     service: OutboundSetup = request.app.state.setup
     return service
 
 
-def suppression_service(request: Request) -> SuppressionService:
+async def suppression_service(request: Request) -> SuppressionService:
     service: SuppressionService = request.app.state.suppressions
     return service
 

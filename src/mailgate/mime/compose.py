@@ -31,7 +31,6 @@ from mailgate.mime.headers import (
 )
 
 
-
 class _CachedHeaderRegistry(HeaderRegistry):
     """The stdlib registry builds a new header class on every lookup (about a third of composing a
     message); the classes depend only on the header name, so build each once."""

@@ -40,7 +40,7 @@ from mailgate.outbound.access import addresses, require, suppression_key, tenant
 from mailgate.outbound.dkim import DkimSigner
 from mailgate.outbound.templates import TemplateService
 from mailgate.store import outbound as repo
-from mailgate.store.blobs import BlobRef, BlobStore
+from mailgate.store.blobs import BlobRef, BlobStore, StagedBlob
 from mailgate.store.database import Database
 from mailgate.store.keyring import Keyring
 from mailgate.store.types import utcnow
@@ -99,6 +99,54 @@ class _Outgoing:
     route: str | None
     send_at: datetime | None
     source: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Accept:
+    """One caller's messages waiting for the shared commit."""
+
+    tenant_id: str
+    items: list[_Outgoing]
+    staged: list[StagedBlob]
+    idempotency: tuple[str, str] | None
+    batch: bool
+
+
+def _rows(
+    tenant_id: str, item: _Outgoing, blob: BlobRef, suppressed: set[tuple[str, str]], now: datetime
+) -> tuple[MessageRecord, list[DeliveryRecord]]:
+    message = MessageRecord(
+        id="msg_" + secrets.token_hex(10),
+        tenant_id=tenant_id,
+        created_at=now,
+        mail_from=item.mail_from,
+        blob_id=blob.id,
+        size=blob.size,
+        summary=item.summary,
+        tags=item.tags,
+        meta=item.meta,
+        route=item.route,
+        source=item.source,
+    )
+    due = max(item.send_at, now) if item.send_at else now
+    records = [
+        DeliveryRecord(
+            id="dlv_" + secrets.token_hex(10),
+            message_id=message.id,
+            tenant_id=tenant_id,
+            recipient=rcpt,
+            domain=rcpt.rpartition("@")[2],
+            status=DeliveryStatus.SUPPRESSED
+            if (tenant_id, suppression_key(rcpt)) in suppressed
+            else DeliveryStatus.QUEUED,
+            attempts=0,
+            next_attempt_at=due,
+            created_at=now,
+            updated_at=now,
+        )
+        for rcpt in item.recipients
+    ]
+    return message, records
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,100 +352,89 @@ class OutboundService:
         *,
         batch: bool,
     ) -> dict[str, Any]:
-        """Store the messages, their deliveries and events in one transaction; only then answer.
+        """Store the messages, their deliveries and events durably; only then answer.
 
-        The transaction is shared with other concurrent writers (group commit): one flush for all.
+        Concurrent requests are written together (``_accept_all``): one transaction, one flush and a
+        handful of multi-row statements for all of them.
         """
         staged = [await self._blobs.stage(item.raw) for item in items]
-        now = utcnow()
-
-        async def work(conn: AsyncConnection) -> dict[str, Any]:
-            if idempotency is not None:
-                seen = await repo.claim_idempotency_key(
-                    conn, tenant_id, idempotency[0], idempotency[1], now - IDEMPOTENCY_WINDOW
-                )
-                if seen is not None:
-                    if seen[0] != idempotency[1]:
-                        raise repo.conflict_for_key(idempotency[0])
-                    if seen[1] is not None:
-                        return seen[1]
-            suppressed = await repo.suppressed_among(
-                conn, tenant_id, list({suppression_key(r) for item in items for r in item.recipients})
-            )
-            results = []
-            for item, blob in zip(items, staged, strict=True):
-                ref = await self._blobs.store_in(conn, blob)
-                results.append(await self._insert(conn, tenant_id, item, ref, suppressed, now))
-            response = {"messages": results} if batch else results[0]
-            if idempotency is not None:
-                await repo.complete_idempotency_key(conn, tenant_id, idempotency[0], response)
-            return response
-
-        response = await self._db.batched.run(work)
+        accept = _Accept(tenant_id, list(items), staged, idempotency, batch)
+        response: dict[str, Any] = await self._db.batched.run_bulk(self._accept_all, accept)
         self.wake()
         return response
 
-    async def _insert(
-        self,
-        conn: AsyncConnection,
-        tenant_id: str,
-        item: _Outgoing,
-        blob: BlobRef,
-        suppressed: set[str],
-        now: datetime,
-    ) -> dict[str, Any]:
-        message = MessageRecord(
-            id="msg_" + secrets.token_hex(10),
-            tenant_id=tenant_id,
-            created_at=now,
-            mail_from=item.mail_from,
-            blob_id=blob.id,
-            size=blob.size,
-            summary=item.summary,
-            tags=item.tags,
-            meta=item.meta,
-            route=item.route,
-            source=item.source,
-        )
-        due = max(item.send_at, now) if item.send_at else now
-        records = [
-            DeliveryRecord(
-                id="dlv_" + secrets.token_hex(10),
-                message_id=message.id,
-                tenant_id=tenant_id,
-                recipient=rcpt,
-                domain=rcpt.rpartition("@")[2],
-                status=DeliveryStatus.SUPPRESSED if suppression_key(rcpt) in suppressed else DeliveryStatus.QUEUED,
-                attempts=0,
-                next_attempt_at=due,
-                created_at=now,
-                updated_at=now,
+    async def _accept_all(self, conn: AsyncConnection, accepts: list[_Accept]) -> list[dict[str, Any] | Exception]:
+        now = utcnow()
+        results: list[dict[str, Any] | Exception | None] = [None] * len(accepts)
+        same_as: dict[int, int] = {}
+        claimed: dict[tuple[str, str], int] = {}
+        for i, accept in enumerate(accepts):
+            if accept.idempotency is None:
+                continue
+            key, fingerprint = accept.idempotency
+            first = claimed.get((accept.tenant_id, key))
+            if first is not None:  # the same key twice in this very commit
+                first_key = accepts[first].idempotency
+                assert first_key is not None
+                if first_key[1] == fingerprint:
+                    same_as[i] = first
+                else:
+                    results[i] = repo.conflict_for_key(key)
+                continue
+            seen = await repo.claim_idempotency_key(conn, accept.tenant_id, key, fingerprint, now - IDEMPOTENCY_WINDOW)
+            if seen is None:
+                claimed[(accept.tenant_id, key)] = i
+            elif seen[0] != fingerprint or seen[1] is None:
+                results[i] = repo.conflict_for_key(key)
+            else:
+                results[i] = seen[1]
+        live = [i for i, r in enumerate(results) if r is None and i not in same_as]
+        wanted: dict[str, set[str]] = {}
+        for i in live:
+            wanted.setdefault(accepts[i].tenant_id, set()).update(
+                suppression_key(r) for item in accepts[i].items for r in item.recipients
             )
-            for rcpt in item.recipients
-        ]
-        await repo.insert_message(conn, self._keyring, message)
-        await repo.insert_deliveries(conn, records)
-        common = {"message_id": message.id, "tags": item.tags, "metadata": item.meta}
-        await self._admin.emit_in(
-            conn,
-            EventType.MESSAGE_ACCEPTED,
-            tenant_id=tenant_id,
-            object_id=message.id,
-            data={**common, "recipients": len(records), "size": blob.size, "source": item.source},
-        )
-        for record in records:
-            if record.status == DeliveryStatus.SUPPRESSED:
-                await self._admin.emit_in(
-                    conn,
-                    EventType.DELIVERY_SUPPRESSED,
-                    tenant_id=tenant_id,
-                    object_id=record.id,
-                    data={**common, "recipient": record.recipient},
+        suppressed: set[tuple[str, str]] = set()
+        for tenant_id, keys in wanted.items():
+            suppressed.update((tenant_id, k) for k in await repo.suppressed_among(conn, tenant_id, sorted(keys)))
+        await self._blobs.store_many(conn, [blob for i in live for blob in accepts[i].staged])
+        message_rows: list[MessageRecord] = []
+        delivery_rows: list[DeliveryRecord] = []
+        event_rows: list[tuple[EventType, str | None, str | None, dict[str, Any]]] = []
+        for i in live:
+            accept = accepts[i]
+            answers = []
+            for item, blob in zip(accept.items, accept.staged, strict=True):
+                message, records = _rows(accept.tenant_id, item, blob.ref, suppressed, now)
+                message_rows.append(message)
+                delivery_rows.extend(records)
+                common = {"message_id": message.id, "tags": item.tags, "metadata": item.meta}
+                accepted = {**common, "recipients": len(records), "size": blob.ref.size, "source": item.source}
+                event_rows.append((EventType.MESSAGE_ACCEPTED, accept.tenant_id, message.id, accepted))
+                event_rows.extend(
+                    (EventType.DELIVERY_SUPPRESSED, accept.tenant_id, r.id, {**common, "recipient": r.recipient})
+                    for r in records
+                    if r.status == DeliveryStatus.SUPPRESSED
                 )
-        return {
-            "id": message.id,
-            "deliveries": [{"id": r.id, "recipient": r.recipient, "status": r.status.value} for r in records],
-        }
+                answers.append(
+                    {
+                        "id": message.id,
+                        "deliveries": [
+                            {"id": r.id, "recipient": r.recipient, "status": r.status.value} for r in records
+                        ],
+                    }
+                )
+            results[i] = {"messages": answers} if accept.batch else answers[0]
+        await repo.insert_messages(conn, self._keyring, message_rows)
+        await repo.insert_deliveries(conn, delivery_rows)
+        await self._admin.emit_many_in(conn, event_rows)
+        for (tenant_id, key), i in claimed.items():
+            response = results[i]
+            assert isinstance(response, dict)
+            await repo.complete_idempotency_key(conn, tenant_id, key, response)
+        for i, first in same_as.items():
+            results[i] = results[first]
+        return [r if r is not None else AssertionError("unanswered") for r in results]
 
     async def _sign(self, tenant_id: str, domain: str, raw: bytes) -> bytes:
         signer = await self._signer_for(tenant_id, domain)

@@ -15,12 +15,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.admin.service import AdminService
 from mailgate.domain.delivery import Bounced, Deferred, Delivered, DeliveryOutcome, DeliveryStatus, Failed
-from mailgate.domain.errors import MailgateError, Unavailable
+from mailgate.domain.errors import IntegrityError, MailgateError, Unavailable
 from mailgate.domain.outbound import DeliveryRecord, MessageRecord
 from mailgate.domain.records import EventType
 from mailgate.observability.logging import get_logger
@@ -61,6 +62,15 @@ def _reply_text(outcome: DeliveryOutcome) -> str:
         case Failed(reason):
             return reason
     raise AssertionError(outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """One message's delivery pass, waiting for the shared commit that records it."""
+
+    message: MessageRecord
+    group: list[DeliveryRecord]
+    results: dict[str, tuple[DeliveryOutcome, str | None, int]]
 
 
 class DeliveryWorker:
@@ -110,26 +120,34 @@ class DeliveryWorker:
             claimed = await repo.claim_due(
                 conn, owner=self.owner, now=utcnow(), lease=self._settings.lease, limit=self._settings.batch
             )
+        if not claimed:
+            return 0
         by_message: dict[str, list[DeliveryRecord]] = defaultdict(list)
         for delivery in claimed:
             by_message[delivery.message_id].append(delivery)
-        await asyncio.gather(*(self._guarded(mid, group) for mid, group in by_message.items()))
+        async with self._db.read() as conn:
+            found = await repo.get_messages(conn, self._keyring, list(by_message))
+        contents = await self._blobs.get_many([m.blob_id for m in found.values()])
+        await asyncio.gather(
+            *(
+                self._guarded(found[mid], contents.get(found[mid].blob_id), group)
+                for mid, group in by_message.items()
+                if mid in found
+            )
+        )
         return len(claimed)
 
-    async def _guarded(self, message_id: str, group: list[DeliveryRecord]) -> None:
+    async def _guarded(self, message: MessageRecord, raw: bytes | None, group: list[DeliveryRecord]) -> None:
         async with self._slots:
             try:
-                await self._deliver(message_id, group)
+                await self._deliver(message, raw, group)
             except MailgateError as exc:
                 # the lease expires and another pass retries; nothing is lost
-                log.error("delivery pass failed", message_id=message_id, error=exc.detail)
+                log.error("delivery pass failed", message_id=message.id, error=exc.detail)
 
-    async def _deliver(self, message_id: str, group: list[DeliveryRecord]) -> None:
-        async with self._db.read() as conn:
-            message = await repo.get_message(conn, self._keyring, message_id)
-        if message is None:
-            return
-        raw = await self._blobs.get(message.blob_id)
+    async def _deliver(self, message: MessageRecord, raw: bytes | None, group: list[DeliveryRecord]) -> None:
+        if raw is None:
+            raise IntegrityError(f"the content of message {message.id} is missing from the blob store")
         sender_domain = message.mail_from.rpartition("@")[2]
         plan = await self._router.plan(message.tenant_id, sender_domain, message.tags, message.route)
         pending = {d.recipient: d for d in group}
@@ -166,59 +184,52 @@ class DeliveryWorker:
                 results[rcpt] = (outcome, hop.spec.name, elapsed)
                 if not (isinstance(outcome, Deferred) and outcome.connector_fault):
                     pending.pop(rcpt, None)
-        await self._record(message, group, results)
+        await self._db.batched.run_bulk(self._record_all, _Finished(message, group, results))
 
-    async def _record(
-        self,
-        message: MessageRecord,
-        group: list[DeliveryRecord],
-        results: dict[str, tuple[DeliveryOutcome, str | None, int]],
-    ) -> None:
+    async def _record_all(self, conn: AsyncConnection, finished: list[_Finished]) -> list[None]:
+        """Record the attempts of every message finished since the last commit, with a few statements."""
         now = utcnow()
-        recorded: list[tuple[DeliveryStatus, str | None]] = []
-
-        async def work(conn: AsyncConnection) -> None:
-            recorded.clear()  # a retried savepoint starts over
-            for delivery in group:
-                outcome, connector, elapsed = results.get(
+        held = await repo.leased_by(conn, [d.id for f in finished for d in f.group], self.owner)
+        stored: list[repo.AttemptResult] = []
+        events: list[tuple[EventType, str | None, str | None, dict[str, Any]]] = []
+        counted: list[tuple[DeliveryStatus, str | None, MessageRecord]] = []
+        for f in finished:
+            for delivery in f.group:
+                if delivery.id not in held:
+                    log.warning("lease lost before recording; the new owner's result stands", delivery=delivery.id)
+                    continue
+                outcome, connector, elapsed = f.results.get(
                     delivery.recipient, (Deferred("connector returned no outcome", connector_fault=True), None, 0)
                 )
                 step = next_step(
                     outcome, attempts=delivery.attempts + 1, queued_at=delivery.created_at, now=now, policy=self._policy
                 )
                 reply = _reply_text(step.final_outcome)
-                if not await repo.record_attempt(
-                    conn,
-                    delivery,
-                    owner=self.owner,
-                    status=step.status,
-                    next_attempt_at=step.next_attempt_at,
-                    connector=connector,
-                    reply=reply,
-                    duration_ms=elapsed,
-                ):
-                    log.warning("lease lost before recording; the new owner's result stands", delivery=delivery.id)
-                    continue
-                recorded.append((step.status, connector))
-                await self._admin.emit_in(
-                    conn,
-                    _EVENT[step.status],
-                    tenant_id=message.tenant_id,
-                    object_id=delivery.id,
-                    data={
-                        "message_id": message.id,
-                        "recipient": delivery.recipient,
-                        "connector": connector,
-                        "reply": reply,
-                        "attempts": delivery.attempts + 1,
-                        "next_attempt_at": step.next_attempt_at.isoformat() if step.next_attempt_at else None,
-                        "tags": message.tags,
-                        "metadata": message.meta,
-                    },
+                stored.append(
+                    repo.AttemptResult(delivery.id, step.status, step.next_attempt_at, connector, reply, elapsed)
                 )
-
-        await self._db.batched.run(work)
-        for status, connector in recorded:
+                counted.append((step.status, connector, f.message))
+                events.append(
+                    (
+                        _EVENT[step.status],
+                        f.message.tenant_id,
+                        delivery.id,
+                        {
+                            "message_id": f.message.id,
+                            "recipient": delivery.recipient,
+                            "connector": connector,
+                            "reply": reply,
+                            "attempts": delivery.attempts + 1,
+                            "next_attempt_at": step.next_attempt_at.isoformat() if step.next_attempt_at else None,
+                            "tags": f.message.tags,
+                            "metadata": f.message.meta,
+                        },
+                    )
+                )
+        await repo.record_attempts(conn, stored, self.owner)
+        await self._admin.emit_many_in(conn, events)
+        for status, connector, message in counted:
             DELIVERIES.labels(status.value, connector or "none").inc()
             if status == DeliveryStatus.SENT:
                 DELIVERY_LATENCY.observe((now - message.created_at).total_seconds())
+        return [None] * len(finished)

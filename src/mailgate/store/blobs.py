@@ -15,11 +15,14 @@ import asyncio
 import hashlib
 import hmac
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import delete, select
+from sqlalchemy import Insert, Table, delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -108,6 +111,24 @@ class BlobStore:
             return StagedBlob(ref, "file", envelope.key_id_of(sealed), None)
         return StagedBlob(ref, "database", envelope.key_id_of(sealed), sealed)
 
+    async def store_many(self, conn: AsyncConnection, staged: Sequence[StagedBlob]) -> None:
+        """Record staged blobs inside the caller's transaction with two statements, whatever their
+        number; content already stored (or repeated in ``staged``) is kept once."""
+        unique = {s.ref.id: s for s in staged}
+        if not unique:
+            return
+        at = utcnow()
+        await conn.execute(
+            _insert_ignoring_duplicates(conn, blobs),
+            [
+                {"id": s.ref.id, "size": s.ref.size, "key_id": s.key_id, "location": s.location, "created_at": at}
+                for s in unique.values()
+            ],
+        )
+        inline = [{"id": s.ref.id, "data": s.sealed} for s in unique.values() if s.sealed is not None]
+        if inline:
+            await conn.execute(_insert_ignoring_duplicates(conn, blob_data), inline)
+
     async def store_in(self, conn: AsyncConnection, staged: StagedBlob) -> BlobRef:
         """Record a staged blob inside the caller's transaction (a no-op if the same content exists)."""
         ref = staged.ref
@@ -140,6 +161,32 @@ class BlobStore:
                 raise NotFound("blob", blob_id) from None
         return await self._keyring.unseal(sealed, blob_id.encode())
 
+    async def get_many(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """Several blobs with one read transaction (a worker's batch of messages); missing ids are left out."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        async with self._db.read() as conn:
+            rows = (await conn.execute(select(blobs.c.id, blobs.c.location).where(blobs.c.id.in_(wanted)))).all()
+            in_db = [r.id for r in rows if r.location == "database"]
+            sealed = (
+                {
+                    r.id: r.data
+                    for r in (
+                        await conn.execute(select(blob_data.c.id, blob_data.c.data).where(blob_data.c.id.in_(in_db)))
+                    ).all()
+                }
+                if in_db
+                else {}
+            )
+        for row in rows:
+            if row.location == "file":
+                try:
+                    sealed[row.id] = await asyncio.to_thread(self._path(row.id).read_bytes)
+                except FileNotFoundError:
+                    continue
+        return {blob_id: await self._keyring.unseal(data, blob_id.encode()) for blob_id, data in sealed.items()}
+
     async def delete(self, blob_id: str) -> None:
         async with self._db.write() as conn:
             row = (await conn.execute(delete(blobs).where(blobs.c.id == blob_id).returning(blobs.c.location))).first()
@@ -147,3 +194,8 @@ class BlobStore:
             raise NotFound("blob", blob_id)
         if row.location == "file":
             self._path(blob_id).unlink(missing_ok=True)
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    return insert(table).on_conflict_do_nothing()

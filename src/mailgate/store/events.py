@@ -35,6 +35,17 @@ async def append(
     return int(pk[0])
 
 
+async def append_many(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Several events in one statement (keys: type, tenant_id, object_id, data), in list order."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text(f"SELECT pg_advisory_xact_lock({_APPEND_LOCK})"))
+    at = utcnow()
+    await conn.execute(events.insert(), [{"at": at, **row} for row in rows])
+    Database.mark_events_written(conn)
+
+
 async def after(
     conn: AsyncConnection, *, cursor: int, tenant_id: str | None, types: Sequence[str], limit: int
 ) -> list[Event]:

@@ -5,6 +5,11 @@ flush (milliseconds), and SQLite runs one writer at a time anyway. Writes submit
 in progress are gathered and committed together when it ends. Each caller's work runs in its own
 savepoint, so one caller's failure rolls back only its own rows; every caller is answered only after
 the commit that holds its rows, exactly as with a transaction of its own.
+
+A statement costs far more than its rows (a thread hop and a compile, about half a millisecond), so
+the hottest writes go further: ``run_bulk`` hands every pending item of one kind to a single function
+that writes them all with multi-row statements. That function answers each item separately (a result
+or an exception), so one bad item does not fail the others.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from mailgate.observability.metrics import GROUP_COMMIT_SIZE
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 Work = Callable[[AsyncConnection], Awaitable[Any]]
+Bulk = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
 
 class GroupCommit:
@@ -27,6 +34,7 @@ class GroupCommit:
         self._begin = begin
         self._max_batch = max_batch
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._bulk: dict[Bulk, list[tuple[Any, asyncio.Future[Any]]]] = {}
         self._committer: asyncio.Task[None] | None = None
 
     async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
@@ -37,10 +45,25 @@ class GroupCommit:
             self._committer = asyncio.create_task(self._commit_all())
         return await future
 
+    async def run_bulk(self, bulk: Callable[[AsyncConnection, list[Item]], Awaitable[list[Any]]], item: Item) -> Any:
+        """Queue ``item`` for ``bulk``, which writes all pending items of its kind at once and returns one
+        result per item (an Exception instance is raised to that item's caller)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._bulk.setdefault(bulk, []).append((item, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_all())
+        result = await future
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     async def _commit_all(self) -> None:
-        while self._pending:
+        while self._pending or self._bulk:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
+            bulks = self._bulk
+            self._bulk = {}
+            batch.extend(_bulk_entry(bulk, entries) for bulk, entries in bulks.items())
             await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
@@ -70,3 +93,30 @@ class GroupCommit:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+
+
+def _bulk_entry(bulk: Bulk, entries: list[tuple[Any, asyncio.Future[Any]]]) -> tuple[Work, asyncio.Future[Any]]:
+    """One pseudo-caller for all of a bulk's items: its result, set only after the commit, is handed
+    on to each item's own future (an exception, set when the commit fails, to all of them)."""
+    carrier: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def hand_on(done: asyncio.Future[Any]) -> None:
+        error = None if done.cancelled() else done.exception()
+        results = done.result() if error is None and not done.cancelled() else None
+        for index, (_, future) in enumerate(entries):
+            if future.done():
+                continue
+            if results is not None:
+                future.set_result(results[index])
+            else:
+                future.set_exception(error or asyncio.CancelledError())
+
+    carrier.add_done_callback(hand_on)
+
+    async def work(conn: AsyncConnection) -> list[Any]:
+        results = await bulk(conn, [item for item, _ in entries])
+        if len(results) != len(entries):
+            raise AssertionError(f"bulk writer answered {len(results)} of {len(entries)} items")
+        return results
+
+    return work, carrier

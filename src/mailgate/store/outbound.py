@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, case, delete, func, or_, select, update
+from sqlalchemy import BindParameter, Row, and_, bindparam, case, delete, func, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,6 +43,7 @@ from mailgate.store.schema import (
 from mailgate.store.types import utcnow
 
 DUE = (DeliveryStatus.QUEUED.value, DeliveryStatus.DEFERRED.value)
+STOPPED = (DeliveryStatus.HELD, DeliveryStatus.CANCELLED)
 
 
 def _ctx(kind: str, ident: str) -> bytes:
@@ -133,28 +134,39 @@ async def delete_route(conn: AsyncConnection, scope: str, name: str) -> bool:
 # ----- messages and deliveries -----
 
 
-async def insert_message(conn: AsyncConnection, keyring: Keyring, message: MessageRecord) -> None:
-    await conn.execute(
-        messages.insert().values(
-            id=message.id,
-            tenant_id=message.tenant_id,
-            created_at=message.created_at,
-            mail_from=message.mail_from,
-            blob_id=message.blob_id,
-            size=message.size,
-            summary=keyring.seal(json.dumps(message.summary).encode(), _ctx("message", message.id)),
-            tags={"tags": message.tags},
-            meta=message.meta,
-            route=message.route,
-            source=message.source,
-        )
-    )
+async def insert_messages(conn: AsyncConnection, keyring: Keyring, records: Sequence[MessageRecord]) -> None:
+    """The summary (subject, sender) is personal data: sealed like the message itself."""
+    rows = [
+        {
+            "id": message.id,
+            "tenant_id": message.tenant_id,
+            "created_at": message.created_at,
+            "mail_from": message.mail_from,
+            "blob_id": message.blob_id,
+            "size": message.size,
+            "summary": keyring.seal(json.dumps(message.summary).encode(), _ctx("message", message.id)),
+            "tags": {"tags": message.tags},
+            "meta": message.meta,
+            "route": message.route,
+            "source": message.source,
+        }
+        for message in records
+    ]
+    if rows:
+        await conn.execute(messages.insert(), rows)
 
 
 async def get_message(conn: AsyncConnection, keyring: Keyring, ident: str) -> MessageRecord | None:
     row = (await conn.execute(select(messages).where(messages.c.id == ident))).first()
-    if row is None:
-        return None
+    return None if row is None else await _message(keyring, row)
+
+
+async def get_messages(conn: AsyncConnection, keyring: Keyring, ids: Sequence[str]) -> dict[str, MessageRecord]:
+    rows = (await conn.execute(select(messages).where(messages.c.id.in_(list(ids))))).all() if ids else []
+    return {row.id: await _message(keyring, row) for row in rows}
+
+
+async def _message(keyring: Keyring, row: Row[Any]) -> MessageRecord:
     summary = json.loads(await keyring.unseal(row.summary, _ctx("message", row.id)))
     return MessageRecord(
         row.id,
@@ -246,55 +258,82 @@ async def claim_due(
     return sorted((_delivery(r) for r in result.all()), key=lambda d: (d.message_id, d.id))
 
 
-def _keep_operator_decision(status: DeliveryStatus) -> Any:
-    """A hold or cancel made while an attempt was in flight survives a deferral; a final outcome (sent,
-    bounced, failed) is what happened and is recorded whatever the operator did meanwhile."""
-    if status != DeliveryStatus.DEFERRED:
-        return status.value
-    stopped = [DeliveryStatus.HELD.value, DeliveryStatus.CANCELLED.value]
-    return case((deliveries.c.status.in_(stopped), deliveries.c.status), else_=status.value)
+async def leased_by(conn: AsyncConnection, ids: Sequence[str], owner: str) -> set[str]:
+    """Which of ``ids`` this worker still holds (locked until commit on PostgreSQL)."""
+    if not ids:
+        return set()
+    query = select(deliveries.c.id).where(deliveries.c.id.in_(list(ids)), deliveries.c.lease_owner == owner)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {r.id for r in (await conn.execute(query)).all()}
 
 
-async def record_attempt(
-    conn: AsyncConnection,
-    delivery: DeliveryRecord,
-    *,
-    owner: str,
-    status: DeliveryStatus,
-    next_attempt_at: datetime | None,
-    connector: str | None,
-    reply: str | None,
-    duration_ms: int,
-) -> bool:
-    """Store an attempt's result; False if this worker's lease was lost (another worker took over)."""
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    delivery_id: str
+    status: DeliveryStatus
+    next_attempt_at: datetime | None
+    connector: str | None
+    reply: str | None
+    duration_ms: int
+
+
+async def record_attempts(conn: AsyncConnection, results: Sequence[AttemptResult], owner: str) -> None:
+    """Store many attempts' results with two statements. Callers pass only deliveries ``leased_by``
+    says they hold; the lease condition is repeated in the update all the same."""
+    if not results:
+        return
     now = utcnow()
-    result = await conn.execute(
+    # a hold or cancel made while the attempt was in flight survives its deferral; a final outcome (sent,
+    # bounced, failed) is what happened and is recorded whatever the operator did meanwhile. Constants
+    # are inlined: executemany cannot expand an IN list.
+    stopped = or_(*(deliveries.c.status == literal_column(f"'{s.value}'") for s in STOPPED))
+    new_status: BindParameter[str] = bindparam("b_status")
+    await conn.execute(
         update(deliveries)
-        .where(deliveries.c.id == delivery.id, deliveries.c.lease_owner == owner)
+        .where(deliveries.c.id == bindparam("b_id"), deliveries.c.lease_owner == bindparam("b_owner"))
         .values(
-            status=_keep_operator_decision(status),
+            status=case(
+                (
+                    and_(new_status == DeliveryStatus.DEFERRED.value, stopped),
+                    deliveries.c.status,
+                ),
+                else_=new_status,
+            ),
             attempts=deliveries.c.attempts + 1,
-            next_attempt_at=next_attempt_at or now,
+            next_attempt_at=bindparam("b_next"),
             lease_owner=None,
             lease_expires_at=None,
-            last_reply=reply,
-            last_connector=connector,
+            last_reply=bindparam("b_reply"),
+            last_connector=bindparam("b_connector"),
             updated_at=now,
-        )
+        ),
+        [
+            {
+                "b_id": r.delivery_id,
+                "b_owner": owner,
+                "b_status": r.status.value,
+                "b_next": r.next_attempt_at or now,
+                "b_reply": r.reply,
+                "b_connector": r.connector,
+            }
+            for r in results
+        ],
     )
-    if result.rowcount != 1:
-        return False
     await conn.execute(
-        attempts.insert().values(
-            delivery_id=delivery.id,
-            at=now,
-            connector=connector,
-            outcome=status.value,
-            reply=reply,
-            duration_ms=duration_ms,
-        )
+        attempts.insert(),
+        [
+            {
+                "delivery_id": r.delivery_id,
+                "at": now,
+                "connector": r.connector,
+                "outcome": r.status.value,
+                "reply": r.reply,
+                "duration_ms": r.duration_ms,
+            }
+            for r in results
+        ],
     )
-    return True
 
 
 async def set_status(
