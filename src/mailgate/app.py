@@ -31,6 +31,7 @@ from mailgate.domain.outbound import ConnectorSpec
 from mailgate.domain.records import EventType
 from mailgate.observability.logging import get_logger
 from mailgate.observability.metrics import BUILD_INFO, CONNECTOR_STATE, ROLE_UP
+from mailgate.outbound.bounces import BounceService
 from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.routing.breaker import BreakerState
 from mailgate.outbound.routing.router import Router
@@ -38,6 +39,7 @@ from mailgate.outbound.service import OutboundService
 from mailgate.outbound.setup import OutboundSetup
 from mailgate.outbound.suppressions import SuppressionService
 from mailgate.outbound.templates import TemplateService
+from mailgate.outbound.verp import VerpCodec
 from mailgate.outbound.worker import DeliveryWorker, WorkerSettings
 from mailgate.security.masterkeys import load_master_keys
 from mailgate.security.tls import TlsMaterial, ensure_tls
@@ -60,6 +62,7 @@ class Gateway:
     outbound: OutboundService
     setup: OutboundSetup
     suppressions: SuppressionService
+    bounces: BounceService
     templates: TemplateService
     smtp_credentials: SmtpCredentials
     connectors: ConnectorFactory
@@ -105,6 +108,12 @@ class Gateway:
         )
         setup = OutboundSetup(db, keyring, admin, validate_connector=connectors)
         setup.config_changed.append(outbound.forget_signers)
+        verp = (
+            VerpCodec(keyring.subkey("verp"), settings.bounces.domain, settings.bounces.local_prefix)
+            if settings.bounces.domain
+            else None
+        )
+        bounces = BounceService(db, admin, verp)
         suppressions = SuppressionService(db, admin)
         smtp_credentials = SmtpCredentials(db, keyring, admin)
         return cls(
@@ -116,6 +125,7 @@ class Gateway:
             outbound,
             setup,
             suppressions,
+            bounces,
             templates,
             smtp_credentials,
             connectors,
@@ -138,7 +148,17 @@ class Gateway:
         settings = WorkerSettings(
             batch=q.batch, parallel=q.parallel, lease=timedelta(seconds=q.lease), poll_interval=q.poll_interval
         )
-        return DeliveryWorker(self.db, self.keyring, self.blobs, self.admin, self.outbound, router, policy, settings)
+        return DeliveryWorker(
+            self.db,
+            self.keyring,
+            self.blobs,
+            self.admin,
+            self.outbound,
+            router,
+            policy,
+            settings,
+            return_path=self.bounces.return_path if self.bounces.verp else None,
+        )
 
     def _breaker_changed(self, spec: ConnectorSpec, old: BreakerState, new: BreakerState) -> None:
         up = new == BreakerState.CLOSED
@@ -197,6 +217,7 @@ async def run_api(gw: Gateway, stop: asyncio.Event) -> None:
         templates=gw.templates,
         setup=gw.setup,
         suppressions=gw.suppressions,
+        bounces=gw.bounces,
         max_wait=settings.events.max_wait,
         max_body=settings.http.max_body_size,
     )

@@ -183,6 +183,16 @@ class SubmissionSettings(_Section):
         return value or None
 
 
+class BounceSettings(_Section):
+    domain: str | None = Field(
+        None,
+        description="Domain of the VERP return path (`bounces+<token>@domain`); its MX must be this gateway's "
+        "MX listener (or a mailbox whose messages reach `POST /v1/bounces`). Unset: the envelope sender is "
+        "the From address and asynchronous bounces are not matched.",
+    )
+    local_prefix: str = Field("bounces", pattern=r"^[a-z0-9_-]{1,20}$", description="Local part before the token.")
+
+
 class EventSettings(_Section):
     max_wait: float = Field(60.0, ge=0, le=300, description="Longest `wait=` a long-poll may ask for.")
 
@@ -205,6 +215,7 @@ class Settings(_Section):
     queue: QueueSettings = Field(default_factory=QueueSettings)  # type: ignore[arg-type]
     dns: DnsSettings = Field(default_factory=DnsSettings)  # type: ignore[arg-type]
     submission: SubmissionSettings = Field(default_factory=SubmissionSettings)  # type: ignore[arg-type]
+    bounces: BounceSettings = Field(default_factory=BounceSettings)  # type: ignore[arg-type]
 
     @property
     def database_url(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,21 +38,23 @@ class Node(Api):
         self.dns = dns
 
 
-@pytest.fixture
-async def node(tmp_path: Path, db_url: str) -> AsyncIterator[Node]:
-    """API, worker and submission roles of one node, with a quick retry schedule."""
+@asynccontextmanager
+async def running_node(data_dir: Path, db_url: str, **overrides: Any) -> AsyncIterator[Node]:
+    """API, worker and submission roles of one node, with a quick retry schedule; ``overrides`` are
+    settings sections (``bounces={...}``)."""
     from mailgate.app import Gateway, run_api, run_submission, run_worker
 
     port, submission = free_port(), free_port()
     dns = DnsServer()  # the node's only resolver: no test reaches the system's
     await dns.start()
     settings = make_settings(
-        tmp_path / "data",
+        data_dir,
         db_url,
         http={"listen": f"127.0.0.1:{port}"},
         queue=FAST_QUEUE,
         submission={"listen": f"127.0.0.1:{submission}"},
         dns={"servers": [f"127.0.0.1:{dns.port}"], "timeout": 2},
+        **overrides,
     )
     gw = await Gateway.open(settings)
     token = await gw.admin.bootstrap_admin_key()
@@ -73,6 +76,12 @@ async def node(tmp_path: Path, db_url: str) -> AsyncIterator[Node]:
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
         await gw.close()
         await dns.stop()
+
+
+@pytest.fixture
+async def node(tmp_path: Path, db_url: str) -> AsyncIterator[Node]:
+    async with running_node(tmp_path / "data", db_url) as started:
+        yield started
 
 
 @pytest.fixture

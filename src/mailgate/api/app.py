@@ -10,11 +10,13 @@ from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.api import errors
 from mailgate.api.middleware import RequestContext
 from mailgate.api.routes import apikeys, connectors, health, messages, records, tenants
+from mailgate.api.routes import bounces as bounces_routes
 from mailgate.api.routes import smtp_credentials as smtp_credentials_routes
 from mailgate.api.routes import suppressions as suppressions_routes
 from mailgate.api.routes import templates as templates_routes
 from mailgate.api.schemas.common import Problem
 from mailgate.api.schemas.outbound import SendIn
+from mailgate.outbound.bounces import BounceService
 from mailgate.outbound.service import OutboundService
 from mailgate.outbound.setup import OutboundSetup
 from mailgate.outbound.suppressions import SuppressionService
@@ -35,6 +37,7 @@ def create_app(
     templates: TemplateService,
     setup: OutboundSetup,
     suppressions: SuppressionService,
+    bounces: BounceService,
     max_wait: float = 60.0,
     max_body: int = 40 * 1024 * 1024,
 ) -> FastAPI:
@@ -46,6 +49,7 @@ def create_app(
     app.state.templates = templates
     app.state.setup = setup
     app.state.suppressions = suppressions
+    app.state.bounces = bounces
     app.state.max_wait = max_wait
     for module in (
         health,
@@ -57,6 +61,7 @@ def create_app(
         suppressions_routes,
         smtp_credentials_routes,
         templates_routes,
+        bounces_routes,
     ):
         app.include_router(module.router)
     errors.install(app)

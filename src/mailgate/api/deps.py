@@ -12,6 +12,7 @@ from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.domain.errors import AuthenticationFailed
 from mailgate.domain.tenancy import Principal
 from mailgate.observability.logging import request_id_var
+from mailgate.outbound.bounces import BounceService
 from mailgate.outbound.service import OutboundService
 from mailgate.outbound.setup import OutboundSetup
 from mailgate.outbound.suppressions import SuppressionService
@@ -82,3 +83,11 @@ async def suppression_service(request: Request) -> SuppressionService:
 
 Setup = Annotated[OutboundSetup, Depends(setup_service)]
 Suppressions = Annotated[SuppressionService, Depends(suppression_service)]
+
+
+async def bounce_service(request: Request) -> BounceService:
+    service: BounceService = request.app.state.bounces
+    return service
+
+
+Bounces = Annotated[BounceService, Depends(bounce_service)]

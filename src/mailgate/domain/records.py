@@ -34,6 +34,8 @@ class EventType(StrEnum):
     DELIVERY_CANCELLED = "delivery.cancelled"
     DELIVERY_HELD = "delivery.held"
     DELIVERY_RELEASED = "delivery.released"
+    DELIVERY_DELAYED = "delivery.delayed"  # a remote MTA reported it still retries (a delay DSN)
+    DELIVERY_COMPLAINED = "delivery.complained"  # the recipient reported the message as spam (ARF)
     CONNECTOR_DOWN = "connector.down"
     CONNECTOR_UP = "connector.up"
 

@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.admin.service import AdminService
+from mailgate.connectors.base import Sender
 from mailgate.domain.delivery import Bounced, Deferred, Delivered, DeliveryOutcome, DeliveryStatus, Failed
 from mailgate.domain.errors import IntegrityError, MailgateError, Unavailable
 from mailgate.domain.outbound import DeliveryRecord, MessageRecord
@@ -84,7 +86,9 @@ class DeliveryWorker:
         router: Router,
         policy: RetryPolicy,
         settings: WorkerSettings | None = None,
+        return_path: Callable[[str], str | None] | None = None,
     ) -> None:
+        self._return_path = return_path
         self._db = db
         self._keyring = keyring
         self._blobs = blobs
@@ -173,7 +177,7 @@ class DeliveryWorker:
                     )
                 continue
             started = time.perf_counter()
-            outcomes = await hop.sender.send(message.mail_from, list(pending), raw)
+            outcomes = await self._send(hop.sender, message, pending, raw)
             elapsed = int((time.perf_counter() - started) * 1000)
             path_failed = all(isinstance(o, Deferred) and o.connector_fault for o in outcomes.values())
             if path_failed:
@@ -185,6 +189,18 @@ class DeliveryWorker:
                 if not (isinstance(outcome, Deferred) and outcome.connector_fault):
                     pending.pop(rcpt, None)
         await self._db.batched.run_bulk(self._record_all, _Finished(message, group, results))
+
+    async def _send(
+        self, sender: Sender, message: MessageRecord, pending: dict[str, DeliveryRecord], raw: bytes
+    ) -> dict[str, DeliveryOutcome]:
+        """With VERP each recipient's envelope sender names its own delivery, so each recipient gets a
+        transaction of its own (the connector's pool still reuses connections)."""
+        if self._return_path is None:
+            return await sender.send(message.mail_from, list(pending), raw)
+        separate = await asyncio.gather(
+            *(sender.send(self._return_path(d.id) or message.mail_from, [rcpt], raw) for rcpt, d in pending.items())
+        )
+        return {rcpt: outcome for result in separate for rcpt, outcome in result.items()}
 
     async def _record_all(self, conn: AsyncConnection, finished: list[_Finished]) -> list[None]:
         """Record the attempts of every message finished since the last commit, with a few statements."""

@@ -222,6 +222,34 @@ async def insert_deliveries(conn: AsyncConnection, rows: Iterable[DeliveryRecord
         await conn.execute(deliveries.insert(), values)
 
 
+async def get_delivery(conn: AsyncConnection, delivery_id: str) -> DeliveryRecord | None:
+    row = (await conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))).first()
+    return _delivery(row) if row else None
+
+
+async def mark_bounced_after_sending(conn: AsyncConnection, delivery_id: str, reply: str) -> bool:
+    """An asynchronous bounce: the next hop took the message (250), a later one refused it."""
+    now = utcnow()
+    result = await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == delivery_id, deliveries.c.status == DeliveryStatus.SENT.value)
+        .values(status=DeliveryStatus.BOUNCED.value, last_reply=reply, updated_at=now)
+    )
+    if result.rowcount != 1:
+        return False
+    await conn.execute(
+        attempts.insert().values(
+            delivery_id=delivery_id,
+            at=now,
+            connector=None,
+            outcome=DeliveryStatus.BOUNCED.value,
+            reply=reply,
+            duration_ms=0,
+        )
+    )
+    return True
+
+
 async def deliveries_of(conn: AsyncConnection, message_id: str) -> list[DeliveryRecord]:
     query = select(deliveries).where(deliveries.c.message_id == message_id).order_by(deliveries.c.id)
     return [_delivery(r) for r in (await conn.execute(query)).all()]

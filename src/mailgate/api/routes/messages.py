@@ -30,13 +30,12 @@ RAW_TYPES = ("message/rfc822", "message/global")
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
+        "description": "JSON (`SendIn`), or a complete message as `message/rfc822`: its envelope comes from the "
+        "`mail_from` and `to` query parameters, else from its From and To/Cc/Bcc headers; Bcc is removed "
+        "before sending.",
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/SendIn"}},
-            "message/rfc822": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "A complete message. The envelope comes from the `mail_from` and `to` query "
-                "parameters, else from its From and To/Cc/Bcc headers; Bcc is removed before sending.",
-            },
+            "message/rfc822": {"schema": {"type": "string", "format": "binary"}},
         },
     }
 }
