@@ -212,3 +212,30 @@ async def _key(node: Api, scopes: list[str]) -> str:
     tenant = (await node.call("GET", "/v1/tenants", node.admin_key)).json()["items"][0]["id"]
     r = await node.call("POST", "/v1/apikeys", node.admin_key, json={"tenant": tenant, "scopes": scopes})
     return str(r.json()["key"])
+
+
+async def test_suppression_csv_import_and_export(node: Api, sinks: list[SmtpSink]) -> None:
+    key = await setup_tenant(node, sinks)
+    await node.call("POST", "/v1/suppressions", key, json={"address": "old@example.net"})
+    csv_text = (
+        "address,reason,detail\nA@Example.net,bounce,550 gone\nold@example.net\nnot an address\n\nb@example.net,,\n"
+    )
+    r = await node.call(
+        "POST", "/v1/suppressions/import", key, content=csv_text.encode(), headers={"Content-Type": "text/csv"}
+    )
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert (result["added"], result["already"]) == (2, 1)
+    assert [p["line"] for p in result["problems"]] == [4]
+    exported = await node.call("GET", "/v1/suppressions/export", key)
+    assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
+    lines = exported.text.strip().splitlines()
+    assert lines[0] == "address,reason,created_at,detail"
+    rows = {line.split(",")[0]: line.split(",")[1] for line in lines[1:]}
+    assert rows == {"a@example.net": "bounce", "b@example.net": "import", "old@example.net": "manual"}
+    sent = await node.call("POST", "/v1/messages", key, json=msg("a@EXAMPLE.net"))
+    assert sent.json()["deliveries"][0]["status"] == "suppressed"
+    wrong = await node.call(
+        "POST", "/v1/suppressions/import", key, content=b"x", headers={"Content-Type": "application/json"}
+    )
+    assert wrong.status_code == 415

@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Insert, Table, delete, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.domain.errors import NotFound
 from mailgate.security import envelope
-from mailgate.store.database import Database
+from mailgate.store.database import Database, insert_ignoring_duplicates
 from mailgate.store.keyring import Keyring
 from mailgate.store.schema import blob_data, blobs
 from mailgate.store.types import utcnow
@@ -119,7 +117,7 @@ class BlobStore:
             return
         at = utcnow()
         await conn.execute(
-            _insert_ignoring_duplicates(conn, blobs),
+            insert_ignoring_duplicates(conn, blobs),
             [
                 {"id": s.ref.id, "size": s.ref.size, "key_id": s.key_id, "location": s.location, "created_at": at}
                 for s in unique.values()
@@ -127,7 +125,7 @@ class BlobStore:
         )
         inline = [{"id": s.ref.id, "data": s.sealed} for s in unique.values() if s.sealed is not None]
         if inline:
-            await conn.execute(_insert_ignoring_duplicates(conn, blob_data), inline)
+            await conn.execute(insert_ignoring_duplicates(conn, blob_data), inline)
 
     async def store_in(self, conn: AsyncConnection, staged: StagedBlob) -> BlobRef:
         """Record a staged blob inside the caller's transaction (a no-op if the same content exists)."""
@@ -194,8 +192,3 @@ class BlobStore:
             raise NotFound("blob", blob_id)
         if row.location == "file":
             self._path(blob_id).unlink(missing_ok=True)
-
-
-def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
-    insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
-    return insert(table).on_conflict_do_nothing()

@@ -16,7 +16,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Insert, Table, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -150,3 +152,9 @@ class Database:
 def _short(exc: BaseException) -> str:
     message = str(getattr(exc, "orig", None) or exc).strip()
     return message.splitlines()[0][:200] if message else type(exc).__name__
+
+
+def insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
+    """INSERT that skips rows whose key exists (ON CONFLICT DO NOTHING), on either engine."""
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    return insert(table).on_conflict_do_nothing()

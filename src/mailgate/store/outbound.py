@@ -29,6 +29,7 @@ from mailgate.domain.outbound import (
     RouteSpec,
     Suppression,
 )
+from mailgate.store.database import insert_ignoring_duplicates
 from mailgate.store.keyring import Keyring
 from mailgate.store.schema import (
     attempts,
@@ -440,6 +441,23 @@ async def add_suppression(
     except DbIntegrityError:
         return False
     return True
+
+
+async def add_suppressions(conn: AsyncConnection, tenant_id: str, rows: Sequence[tuple[str, str, str | None]]) -> int:
+    """Add (address, reason, detail) rows with one statement; addresses already listed keep their
+    entry. Returns how many were new."""
+    unique = {address: (address, reason, detail) for address, reason, detail in rows}
+    if not unique:
+        return 0
+    existing = set(await suppressed_among(conn, tenant_id, list(unique)))
+    fresh = [row for address, row in unique.items() if address not in existing]
+    if fresh:
+        at = utcnow()
+        await conn.execute(
+            insert_ignoring_duplicates(conn, suppressions),
+            [{"tenant_id": tenant_id, "address": a, "reason": r, "detail": d, "created_at": at} for a, r, d in fresh],
+        )
+    return len(fresh)
 
 
 async def remove_suppression(conn: AsyncConnection, tenant_id: str, address: str) -> bool:
