@@ -36,6 +36,10 @@ async def test_rest_send_is_delivered_with_history(node: Api, sinks: list[SmtpSi
     assert b"Subject: hello" in received.data
     events = (await node.call("GET", "/v1/events?types=delivery.sent&limit=500", key)).json()["items"]
     assert len(events) == 10 and events[0]["data"]["connector"] == "relay1" and events[0]["data"]["tags"] == ["t1"]
+    metrics = (await node.call("GET", "/metrics")).text
+    assert 'mailgate_deliveries_total{connector="relay1",status="sent"}' in metrics
+    assert "mailgate_delivery_latency_seconds_count" in metrics
+    assert 'mailgate_queue_deliveries{status="queued"}' in metrics
 
 
 async def test_idempotency_key_sends_once(node: Api, sinks: list[SmtpSink]) -> None:
@@ -239,3 +243,16 @@ async def test_suppression_csv_import_and_export(node: Api, sinks: list[SmtpSink
         "POST", "/v1/suppressions/import", key, content=b"x", headers={"Content-Type": "application/json"}
     )
     assert wrong.status_code == 415
+
+
+async def test_connector_rate_limit_spaces_deliveries(node: Api, sinks: list[SmtpSink]) -> None:
+    key = await setup_tenant(node, sinks)
+    relay = {"name": "relay1", "type": "smtp_relay", "host": "127.0.0.1", "port": sinks[0].port, "tls": "none"}
+    r = await node.call("POST", "/v1/connectors", node.admin_key, json={**relay, "rate_limit": 5})
+    assert r.status_code == 200 and r.json()["config"]["rate_limit"] == 5
+    recipients = [{"to": f"slow{i}@example.net"} for i in range(12)]
+    start = time.monotonic()
+    body = {"from": "app@acme.test", "subject": "s", "text": "x", "recipients": recipients}
+    assert (await node.call("POST", "/v1/messages/batch", key, json=body)).status_code == 202
+    await sinks[0].wait_for(12, timeout=30)
+    assert time.monotonic() - start >= 1.3  # 5 tokens at once, then 5 per second

@@ -110,3 +110,28 @@ def test_global_default_when_the_tenant_has_none() -> None:
     chosen = choose_route([_route(GLOBAL_SCOPE, "default")], "ten", "x.test", [], None)
     assert chosen is not None and chosen.scope == GLOBAL_SCOPE
     assert choose_route([], "ten", "x.test", [], None) is None
+
+
+async def test_rate_limiter_spaces_sends_and_serves_in_order() -> None:
+    import asyncio
+    import time
+
+    from mailgate.outbound.routing.ratelimit import RateLimiter
+
+    limiter = RateLimiter(20.0, burst=1)
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        await limiter.acquire()
+        order.append(i)
+
+    start = time.monotonic()
+    await asyncio.gather(*(take(i) for i in range(10)))
+    elapsed = time.monotonic() - start
+    assert order == list(range(10))
+    assert 0.4 <= elapsed < 2.0  # 9 waits of 50 ms after the first token
+    fast = RateLimiter(1000.0)
+    start = time.monotonic()
+    for _ in range(100):
+        await fast.acquire()
+    assert time.monotonic() - start < 0.2  # a full bucket does not wait

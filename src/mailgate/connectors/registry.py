@@ -20,6 +20,7 @@ from mailgate.domain.errors import InvalidInput
 from mailgate.domain.outbound import ConnectorSpec
 
 TYPES = ("smtp_relay", "mx", "graph", "gmail")
+ROUTING_KEYS = frozenset({"rate_limit"})  # settings the router applies around any connector
 
 
 class ConnectorFactory:
@@ -37,8 +38,9 @@ class ConnectorFactory:
         builder = self._builders.get(spec.type)
         if builder is None:
             raise InvalidInput(f"unknown connector type {spec.type!r} (known: {', '.join(TYPES)})", field="type")
+        config = {k: v for k, v in spec.config.items() if k not in ROUTING_KEYS}
         try:
-            return builder(spec.name, spec.config)
+            return builder(spec.name, config)
         except TypeError as exc:
             raise InvalidInput(f"bad {spec.type} configuration: {exc}") from None
 

@@ -64,3 +64,9 @@ GROUP_COMMIT_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
     registry=REGISTRY,
 )
+QUEUE_DEPTH = Gauge(
+    "mailgate_queue_deliveries",
+    "Deliveries by status across all tenants, refreshed by the delivery workers every few seconds.",
+    ["status"],
+    registry=REGISTRY,
+)

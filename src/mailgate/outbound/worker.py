@@ -27,7 +27,7 @@ from mailgate.domain.errors import IntegrityError, MailgateError, Unavailable
 from mailgate.domain.outbound import DeliveryRecord, MessageRecord
 from mailgate.domain.records import EventType
 from mailgate.observability.logging import get_logger
-from mailgate.observability.metrics import DELIVERIES, DELIVERY_LATENCY
+from mailgate.observability.metrics import DELIVERIES, DELIVERY_LATENCY, QUEUE_DEPTH
 from mailgate.outbound.retry import RetryPolicy, next_step
 from mailgate.outbound.routing.router import Router
 from mailgate.outbound.service import OutboundService
@@ -38,6 +38,7 @@ from mailgate.store.keyring import Keyring
 from mailgate.store.types import utcnow
 
 log = get_logger("mailgate.outbound.worker")
+QUEUE_METRICS_SECONDS = 5.0
 
 _EVENT = {
     DeliveryStatus.SENT: EventType.DELIVERY_SENT,
@@ -102,7 +103,11 @@ class DeliveryWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("delivery worker started", owner=self.owner)
+        refreshed = 0.0
         while not stop.is_set():
+            if time.monotonic() - refreshed >= QUEUE_METRICS_SECONDS:
+                refreshed = time.monotonic()
+                await self._refresh_queue_metrics()
             try:
                 claimed = await self.run_once()
             except Unavailable as exc:
@@ -117,6 +122,15 @@ class DeliveryWorker:
                 waiter.cancel()
                 stopper.cancel()
         await self._router.close()
+
+    async def _refresh_queue_metrics(self) -> None:
+        try:
+            async with self._db.read() as conn:
+                counts = await repo.queue_counts(conn, None)
+        except Unavailable:
+            return
+        for status in DeliveryStatus:
+            QUEUE_DEPTH.labels(status.value).set(counts.get(status.value, 0))
 
     async def run_once(self) -> int:
         """Claim one batch and deliver it; returns how many deliveries were claimed."""
@@ -176,6 +190,8 @@ class DeliveryWorker:
                         ),
                     )
                 continue
+            if hop.limiter is not None:
+                await hop.limiter.acquire(len(pending) if self._return_path else 1)
             started = time.perf_counter()
             outcomes = await self._send(hop.sender, message, pending, raw)
             elapsed = int((time.perf_counter() - started) * 1000)

@@ -25,6 +25,9 @@ class _ConnectorBase(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     tenant: str | None = Field(None, description="Owning tenant; omit for a global connector (admin).")
     timeout: float = Field(30.0, gt=0, le=600)
+    rate_limit: float | None = Field(
+        None, gt=0, le=100000, description="Most messages per second through this connector, per worker."
+    )
 
     def config(self) -> dict[str, Any]:
         return self.model_dump(exclude={"name", "type", "tenant"}, exclude_none=True)

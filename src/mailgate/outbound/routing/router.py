@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from mailgate.connectors.base import Sender
 from mailgate.domain.outbound import GLOBAL_SCOPE, ConnectorSpec, RouteSpec
 from mailgate.outbound.routing.breaker import BreakerState, CircuitBreaker
+from mailgate.outbound.routing.ratelimit import RateLimiter
 from mailgate.store import outbound as repo
 from mailgate.store.database import Database
 from mailgate.store.keyring import Keyring
 
 DEFAULT_ROUTE = "default"
+RATE_LIMIT_KEY = "rate_limit"  # routing's own setting in a connector's config; the sender never sees it
 SenderFactory = Callable[[ConnectorSpec], Sender]
 
 
@@ -27,6 +29,7 @@ class Hop:
     spec: ConnectorSpec
     sender: Sender
     breaker: CircuitBreaker
+    limiter: RateLimiter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class Router:
         self._ttl = config_ttl
         self._live: dict[str, tuple[ConnectorSpec, Sender]] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._limiters: dict[str, RateLimiter] = {}
         self._cache: dict[str, tuple[float, list[RouteSpec], list[ConnectorSpec]]] = {}
 
     async def _config(self, tenant_id: str) -> tuple[list[RouteSpec], list[ConnectorSpec]]:
@@ -105,6 +109,18 @@ class Router:
             self._breakers[spec.id] = breaker
         return breaker
 
+    def _limiter(self, spec: ConnectorSpec) -> RateLimiter | None:
+        """The connector's ``rate_limit`` (messages per second, per worker), kept across config reloads
+        so that a reload does not refill the bucket."""
+        rate = spec.config.get(RATE_LIMIT_KEY)
+        if not rate:
+            self._limiters.pop(spec.id, None)
+            return None
+        limiter = self._limiters.get(spec.id)
+        if limiter is None or limiter.rate != float(rate):
+            limiter = self._limiters[spec.id] = RateLimiter(float(rate))
+        return limiter
+
     async def _sender(self, spec: ConnectorSpec) -> Sender:
         live = self._live.get(spec.id)
         if live is not None and live[0].updated_at == spec.updated_at:
@@ -129,7 +145,7 @@ class Router:
             if spec is None:
                 missing.append(name)
                 continue
-            hops.append(Hop(spec, await self._sender(spec), self.breaker(spec)))
+            hops.append(Hop(spec, await self._sender(spec), self.breaker(spec), self._limiter(spec)))
         return Plan(route.name, hops, missing)
 
     async def close(self) -> None:
