@@ -44,6 +44,7 @@ SENDER = "bench@source.test"
 RECIPIENT = "rcpt@sink.test"
 STARTUP_S = 60.0  # mailgate serve: migrations on a fresh data dir, then the API answering
 STOP_S = 30.0
+BATCH = 100  # messages per batch request
 STALL_S = 60.0  # a leg fails when smtp-sink receives nothing for this long
 
 err = Console(stderr=True)
@@ -305,6 +306,34 @@ async def rest_leg(plan: Plan, server: Server, key: str, sink: PostfixSink, mete
     return await timed_leg("mailgate REST", plan, sink, meter, submit)
 
 
+async def rest_batch_leg(plan: Plan, server: Server, key: str, sink: PostfixSink, meter: Meter) -> Leg:
+    """The same N messages through ``POST /v1/messages/batch``, BATCH per request: how senders of bulk
+    mail use the API. Informational; the ratio is taken from the one-message-per-request leg."""
+    text = plan.payload()
+    headers = {"Authorization": f"Bearer {key}"}
+    starts = iter(range(0, plan.n, BATCH))
+
+    async def submit() -> None:
+        async with httpx2.AsyncClient(
+            base_url=server.base_url, headers=headers, timeout=120, trust_env=False
+        ) as client:
+
+            async def worker() -> None:
+                for start in starts:
+                    count = min(BATCH, plan.n - start)
+                    recipients = [{"to": RECIPIENT, "variables": {"i": start + k}} for k in range(count)]
+                    body = {"from": SENDER, "subject": "bench batch", "text": text, "recipients": recipients}
+                    response = await client.post("/v1/messages/batch", json=body)
+                    if response.status_code != 202:
+                        raise RuntimeError(
+                            f"POST /v1/messages/batch answered {response.status_code}: {response.text[:500]}"
+                        )
+
+            await asyncio.gather(*(worker() for _ in range(min(4, plan.concurrency))))
+
+    return await timed_leg(f"mailgate REST batch ({BATCH}/request)", plan, sink, meter, submit)
+
+
 async def smtp_credentials(root: Path, tenant: str) -> tuple[str, str]:
     """``mailgate smtp-credentials create``; its last line is ``USERNAME PASSWORD``."""
     command = ("--data-dir", str(root / "mailgate"), "smtp-credentials", "create", "--tenant", tenant)
@@ -349,8 +378,9 @@ async def submission_leg(plan: Plan, port: int, credentials: tuple[str, str], si
     return await timed_leg("mailgate SMTP submission", plan, sink, meter, submit)
 
 
-async def mailgate_legs(plan: Plan, root: Path, meter: Meter) -> tuple[Leg, Leg | None]:
-    """The REST leg, then (when the CLI has it) the SMTP submission leg, on one server and one sink."""
+async def mailgate_legs(plan: Plan, root: Path, meter: Meter) -> tuple[Leg, list[Leg]]:
+    """The REST leg, then the batch REST leg and (when the CLI has it) the SMTP submission leg, on one
+    server and one sink."""
     submission_port = free_port() if await submission_supported() else None
     async with PostfixSink() as sink:
         server = await Server.start(root, submission_port)
@@ -358,10 +388,11 @@ async def mailgate_legs(plan: Plan, root: Path, meter: Meter) -> tuple[Leg, Leg 
             err.print(f"mailgate serve: pid {server.proc.pid}, {server.base_url}, log {root / 'serve.log'}")
             tenant, key = await configure(server, sink.port)
             rest = await rest_leg(plan, server, key, sink, meter)
-            if submission_port is None:
-                return rest, None
-            credentials = await smtp_credentials(root, tenant)
-            return rest, await submission_leg(plan, submission_port, credentials, sink, meter)
+            others = [await rest_batch_leg(plan, server, key, sink, meter)]
+            if submission_port is not None:
+                credentials = await smtp_credentials(root, tenant)
+                others.append(await submission_leg(plan, submission_port, credentials, sink, meter))
+            return rest, others
         finally:
             await server.stop()
 
@@ -409,10 +440,9 @@ async def main(plan: Plan, base_dir: str | None) -> None:
     ):
         meter = Meter(progress)
         anchor = await postfix_leg(plan, meter)
-        rest, submission = await mailgate_legs(plan, Path(tmp), meter)
-    legs = [anchor, rest] + ([submission] if submission else [])
-    out.print(report(plan, legs, anchor))
-    if submission is None:
+        rest, others = await mailgate_legs(plan, Path(tmp), meter)
+    out.print(report(plan, [anchor, rest, *others], anchor))
+    if not any("SMTP" in leg.name for leg in others):
         print("smtp submission: not available")
     print(f"ratio mailgate/postfix = {rest.rate / anchor.rate:.2f}", flush=True)
 

@@ -18,17 +18,20 @@ from datetime import timedelta
 from typing import Any
 
 import uvicorn
+from pydantic import TypeAdapter, ValidationError
 
 from mailgate import __version__
 from mailgate.admin.service import AdminService
 from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.api.app import create_app
+from mailgate.api.schemas.outbound import ConnectorIn
 from mailgate.config import Settings, parse_hostport
 from mailgate.connectors.dns import DnsResolver
 from mailgate.connectors.registry import ConnectorFactory
 from mailgate.domain.errors import ConfigurationError, MailgateError
 from mailgate.domain.outbound import ConnectorSpec
 from mailgate.domain.records import EventType
+from mailgate.domain.tenancy import SYSTEM
 from mailgate.observability.logging import get_logger
 from mailgate.observability.metrics import BUILD_INFO, CONNECTOR_STATE, ROLE_UP
 from mailgate.outbound.bounces import BounceService
@@ -297,6 +300,48 @@ def resolve_roles(requested: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+async def apply_declared_connectors(gw: Gateway) -> None:
+    """Create or update the connectors and routes the configuration declares (global ones); an invalid
+    one stops the start, naming it. Unchanged ones are left alone (no audit entry, no router reload)."""
+    settings = gw.settings
+    if not settings.connectors and not settings.routes:
+        return
+    adapter: TypeAdapter[ConnectorIn] = TypeAdapter(ConnectorIn)
+    existing = {c.name: c for c in await gw.setup.list_connectors(SYSTEM) if not c.scope}
+    for index, declared in enumerate(settings.connectors):
+        label = f"connectors[{index}] ({declared.get('name', '?')})"
+        try:
+            body = adapter.validate_python(declared)
+        except ValidationError as exc:
+            raise ConfigurationError(f"{label}: {_first_error(exc)}") from None
+        if body.tenant is not None:
+            raise ConfigurationError(f"{label}: connectors in the configuration are global; drop 'tenant'")
+        config = body.config()
+        current = existing.get(body.name)
+        if current is not None and current.type == body.type and current.config == config:
+            continue
+        try:
+            await gw.setup.put_connector(SYSTEM, name=body.name, type=body.type, config=config)
+        except MailgateError as exc:
+            raise ConfigurationError(f"{label}: {exc.detail}") from None
+    routes = {r.name: r for r in await gw.setup.list_routes(SYSTEM) if not r.scope}
+    for name, connectors in settings.routes.items():
+        current_route = routes.get(name)
+        if current_route is not None and list(current_route.connectors) == connectors:
+            continue
+        try:
+            await gw.setup.put_route(SYSTEM, name=name, connectors=connectors, match={})
+        except MailgateError as exc:
+            raise ConfigurationError(f"routes.{name}: {exc.detail}") from None
+    log.info("declared connectors applied", connectors=len(settings.connectors), routes=len(settings.routes))
+
+
+def _first_error(exc: ValidationError) -> str:
+    item = exc.errors()[0]
+    where = ".".join(str(p) for p in item["loc"])
+    return f"{where}: {item['msg']}" if where else str(item["msg"])
+
+
 async def serve(settings: Settings, roles: list[str]) -> None:
     """Run the node until SIGTERM/SIGINT, then stop every role gracefully."""
     names = resolve_roles(roles)
@@ -306,6 +351,7 @@ async def serve(settings: Settings, roles: list[str]) -> None:
         log.info(
             "tls certificate", file=str(gw.tls.cert_file), fingerprint=gw.tls.fingerprint, generated=gw.tls.generated
         )
+        await apply_declared_connectors(gw)
         token = await gw.admin.bootstrap_admin_key()
         if token:
             print(f"admin API key: {token}", flush=True)

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mailgate.api.schemas.outbound import ConnectorIn
 from mailgate.app import Gateway, run_serve
-from mailgate.config import Settings, load_settings, masked_dump
+from mailgate.config import CONNECTOR_SECRETS, Settings, load_settings, masked_dump
 from mailgate.domain.delivery import DeliveryStatus
 from mailgate.domain.errors import ConfigurationError, MailgateError
 from mailgate.domain.outbound import DeliveryRecord
@@ -45,6 +47,8 @@ audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
 dkim_app = typer.Typer(help="DKIM signing keys.", no_args_is_help=True)
 smtp_app = typer.Typer(help="SMTP submission credentials.", no_args_is_help=True)
+connectors_app = typer.Typer(help="Connectors: how mail leaves (global ones).", no_args_is_help=True)
+routes_app = typer.Typer(help="Routes: which connectors, in which order.", no_args_is_help=True)
 queue_app = typer.Typer(help="The outbound queue: inspect, hold, release, retry, cancel.", no_args_is_help=True)
 for sub, name in (
     (config_app, "config"),
@@ -56,6 +60,8 @@ for sub, name in (
     (dkim_app, "dkim"),
     (smtp_app, "smtp-credentials"),
     (queue_app, "queue"),
+    (connectors_app, "connectors"),
+    (routes_app, "routes"),
 ):
     app.add_typer(sub, name=name)
 
@@ -275,6 +281,91 @@ def smtp_credentials_revoke(ctx: typer.Context, credential_id: str) -> None:
     """Revoke an SMTP credential: new logins with it fail at once."""
     credential = _run(_settings(ctx), lambda gw: gw.smtp_credentials.revoke(_cli_principal(), credential_id))
     out.print(f"revoked {credential.id} ({credential.username})")
+
+
+@connectors_app.command("put")
+def connectors_put(
+    ctx: typer.Context,
+    name: str,
+    connector_type: Annotated[str, typer.Option("--type", help="smtp_relay, mx, graph or gmail.")],
+    options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="A field as KEY=VALUE (repeatable), e.g. --set host=smtp.example.com --set port=587."
+        ),
+    ] = None,
+) -> None:
+    """Create or replace a global connector (the fields of POST /v1/connectors)."""
+    body: dict[str, Any] = {"name": name, "type": connector_type}
+    for option in options or []:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{option!r} is not KEY=VALUE", param_hint="--set")
+        body[key.strip()] = _cli_value(value)
+    try:
+        parsed = TypeAdapter(ConnectorIn).validate_python(body)
+    except ValidationError as exc:
+        item = exc.errors()[0]
+        raise typer.BadParameter(
+            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}", param_hint="--set"
+        ) from None
+    spec, created = _run(
+        _settings(ctx),
+        lambda gw: gw.setup.put_connector(_cli_principal(), name=parsed.name, type=parsed.type, config=parsed.config()),
+    )
+    out.print(f"{'created' if created else 'replaced'} connector {spec.name} ({spec.type})")
+    print(spec.id)
+
+
+def _cli_value(text: str) -> Any:
+    """--set values are JSON when they parse as such (numbers, booleans), else plain strings."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@connectors_app.command("list")
+def connectors_list(ctx: typer.Context) -> None:
+    """Every connector, secrets masked."""
+    items = _run(_settings(ctx), lambda gw: gw.setup.list_connectors(_cli_principal()))
+    table = Table("id", "name", "type", "tenant", "config")
+    for c in items:
+        shown = {k: ("********" if k in CONNECTOR_SECRETS and v else v) for k, v in c.config.items()}
+        table.add_row(c.id, c.name, c.type, c.scope or "-", json.dumps(shown))
+    out.print(table)
+
+
+@connectors_app.command("delete")
+def connectors_delete(ctx: typer.Context, connector_id: str) -> None:
+    """Delete a connector by id (routes naming it skip it from then on)."""
+    _run(_settings(ctx), lambda gw: gw.setup.delete_connector(_cli_principal(), connector_id))
+    out.print(f"deleted {connector_id}")
+
+
+@routes_app.command("put")
+def routes_put(
+    ctx: typer.Context,
+    name: str,
+    connectors: Annotated[
+        str, typer.Option("--connectors", help="Connector names in failover order, comma-separated.")
+    ],
+) -> None:
+    """Create or replace a global route (`default` applies when no other matches)."""
+    names = [c.strip() for c in connectors.split(",") if c.strip()]
+    route, created = _run(
+        _settings(ctx), lambda gw: gw.setup.put_route(_cli_principal(), name=name, connectors=names, match={})
+    )
+    out.print(f"{'created' if created else 'replaced'} route {route.name}: {' -> '.join(route.connectors)}")
+
+
+@routes_app.command("list")
+def routes_list(ctx: typer.Context) -> None:
+    items = _run(_settings(ctx), lambda gw: gw.setup.list_routes(_cli_principal()))
+    table = Table("name", "tenant", "connectors", "match")
+    for r in items:
+        table.add_row(r.name, r.scope or "-", " -> ".join(r.connectors), json.dumps(r.match))
+    out.print(table)
 
 
 @queue_app.command("list")

@@ -8,6 +8,7 @@ the offending key the way the user wrote it, so a typo in the file or a bad vari
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -216,6 +217,26 @@ class Settings(_Section):
     dns: DnsSettings = Field(default_factory=DnsSettings)  # type: ignore[arg-type]
     submission: SubmissionSettings = Field(default_factory=SubmissionSettings)  # type: ignore[arg-type]
     bounces: BounceSettings = Field(default_factory=BounceSettings)  # type: ignore[arg-type]
+    connectors: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Global connectors declared here (`[[connectors]]` tables with the fields of "
+        "`POST /v1/connectors`), created or updated at start. In the environment: a JSON list.",
+    )
+    routes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Global routes declared here (`[routes]` table: name = [connector names in order]), "
+        "set at start. In the environment: a JSON object.",
+    )
+
+    @field_validator("connectors", "routes", mode="before")
+    @classmethod
+    def _json_from_environment(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON: {exc}") from None
+        return value
 
     @property
     def database_url(self) -> str:
@@ -310,6 +331,7 @@ def load_settings(
 
 
 SECRET_MASK = "********"  # noqa: S105 - the mask, not a secret
+CONNECTOR_SECRETS = frozenset({"password", "client_secret", "refresh_token"})
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
@@ -323,4 +345,7 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
         creds, host = rest.split("@", 1)
         dumped["database"]["url"] = f"{scheme}//{creds.split(':', 1)[0]}:{SECRET_MASK}@{host}"
     dumped["data_dir"] = str(settings.data_dir)
+    dumped["connectors"] = [
+        {k: (SECRET_MASK if k in CONNECTOR_SECRETS and v else v) for k, v in c.items()} for c in dumped["connectors"]
+    ]
     return dumped

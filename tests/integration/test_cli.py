@@ -266,3 +266,78 @@ def test_queue_commands_hold_release_and_cancel(data_dir: Path) -> None:
     assert bad.returncode == 2 and "known statuses" in bad.stderr
     missing = run(data_dir, "queue", "hold", "msg_nope", check=False)
     assert missing.returncode != 0 and "not found" in missing.stderr
+
+
+def test_connectors_and_routes_from_the_cli_and_the_config_file(data_dir: Path, tmp_path: Path) -> None:
+    created = run(
+        data_dir,
+        "connectors",
+        "put",
+        "relay1",
+        "--type",
+        "smtp_relay",
+        "--set",
+        "host=127.0.0.1",
+        "--set",
+        "port=2525",
+        "--set",
+        "tls=none",
+        "--set",
+        "username=app",
+        "--set",
+        "password=hunter2",
+    )
+    assert last_line(created).startswith("con_")
+    bad = run(
+        data_dir,
+        "connectors",
+        "put",
+        "x",
+        "--type",
+        "smtp_relay",
+        "--set",
+        "host=h",
+        "--set",
+        "port=99999",
+        check=False,
+    )
+    assert bad.returncode == 2 and "port" in bad.stderr
+    assert "relay1 -> direct" not in run(data_dir, "routes", "list").stdout
+    missing = run(data_dir, "routes", "put", "default", "--connectors", "relay1,nope", check=False)
+    assert missing.returncode != 0 and "nope" in missing.stderr
+    listing = run(data_dir, "connectors", "list").stdout
+    assert "relay1" in listing and "hunter2" not in listing and "********" in listing
+
+    config = tmp_path / "mailgate.toml"
+    config.write_text(
+        '[[connectors]]\nname = "direct"\ntype = "mx"\nport = 2526\n\n'
+        '[[connectors]]\nname = "relay1"\ntype = "smtp_relay"\nhost = "127.0.0.1"\nport = 2527\ntls = "none"\n\n'
+        '[routes]\ndefault = ["relay1", "direct"]\n'
+    )
+    port = free_port()
+    env_file = {"MAILGATE_CONFIG": str(config)}
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")} | env_file | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [EXE, "--data-dir", str(data_dir), "serve", "--roles", "api", "--http", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full,
+    )
+    try:
+        _wait_ready(proc, port)
+    finally:
+        _stop(proc)
+    assert "relay1 -> direct" in run(data_dir, "routes", "list").stdout
+    listing = run(data_dir, "connectors", "list").stdout
+    assert '"port": 2527' in listing and '"port": 2526' in listing
+
+    config.write_text('[[connectors]]\nname = "broken"\ntype = "smtp_relay"\nport = 25\n')
+    r = subprocess.run(
+        [EXE, "--data-dir", str(data_dir), "serve", "--roles", "api", "--http", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "connectors[0] (broken)" in (r.stderr + r.stdout) and "host" in (r.stderr + r.stdout)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from mailgate.config import CONNECTOR_SECRETS
 from mailgate.domain.outbound import (
     AttemptRecord,
     ConnectorSpec,
@@ -15,8 +16,6 @@ from mailgate.domain.outbound import (
     TemplateRecord,
 )
 from mailgate.outbound.service import MessageView
-
-SECRET_FIELDS = ("password", "client_secret", "refresh_token")
 
 
 class _ConnectorBase(BaseModel):
@@ -110,7 +109,7 @@ class ConnectorOut(BaseModel):
 
     @classmethod
     def of(cls, c: ConnectorSpec) -> ConnectorOut:
-        shown = {k: ("********" if k in SECRET_FIELDS and v else v) for k, v in c.config.items()}
+        shown = {k: ("********" if k in CONNECTOR_SECRETS and v else v) for k, v in c.config.items()}
         return cls(
             id=c.id,
             name=c.name,
