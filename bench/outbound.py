@@ -193,9 +193,10 @@ class Server:
         self._drain: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, root: Path, submission_port: int | None) -> Server:
+    async def start(cls, root: Path, submission_port: int | None, roles: str) -> Server:
         data_dir = root / "mailgate"
         argv = [*MAILGATE, "--data-dir", str(data_dir), "serve", "--http", f"127.0.0.1:{free_port()}"]
+        argv += ["--roles", roles]
         if submission_port is not None:
             argv += ["--submission", f"127.0.0.1:{submission_port}"]
         log = (root / "serve.log").open("w")
@@ -252,6 +253,50 @@ class Server:
         if self._drain is not None:
             await asyncio.wait_for(self._drain, 5)
         self._log.close()
+
+
+class WorkerProcess:
+    """``mailgate serve --roles worker`` on the same data dir: the delivery side in a process of its own,
+    so that accepting and delivering use both cores, as Postfix's smtpd, cleanup, qmgr and smtp do."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, root: Path) -> WorkerProcess:
+        log_path = root / "worker.log"
+        with log_path.open("w") as log:
+            proc = await asyncio.create_subprocess_exec(
+                *MAILGATE,
+                "--data-dir",
+                str(root / "mailgate"),
+                "--log-format",
+                "text",
+                "serve",
+                "--roles",
+                "worker",
+                cwd=root,
+                env=clean_env(),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        async with asyncio.timeout(STARTUP_S):
+            while "delivery worker started" not in log_path.read_text(errors="replace"):
+                if proc.returncode is not None:
+                    raise RuntimeError(f"mailgate worker exited ({proc.returncode}); see worker.log")
+                await asyncio.sleep(0.1)
+        return cls(proc)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), STOP_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
 
 
 class Admin:
@@ -383,8 +428,11 @@ async def mailgate_legs(plan: Plan, root: Path, meter: Meter) -> tuple[Leg, list
     server and one sink."""
     submission_port = free_port() if await submission_supported() else None
     async with PostfixSink() as sink:
-        server = await Server.start(root, submission_port)
+        roles = "api" + (",submission" if submission_port is not None else "")
+        server = await Server.start(root, submission_port, roles)
+        worker: WorkerProcess | None = None
         try:
+            worker = await WorkerProcess.start(root)
             err.print(f"mailgate serve: pid {server.proc.pid}, {server.base_url}, log {root / 'serve.log'}")
             tenant, key = await configure(server, sink.port)
             rest = await rest_leg(plan, server, key, sink, meter)
@@ -394,6 +442,8 @@ async def mailgate_legs(plan: Plan, root: Path, meter: Meter) -> tuple[Leg, list
                 others.append(await submission_leg(plan, submission_port, credentials, sink, meter))
             return rest, others
         finally:
+            if worker is not None:
+                await worker.stop()
             await server.stop()
 
 
@@ -426,7 +476,8 @@ async def main(plan: Plan, base_dir: str | None) -> None:
     out = Console(soft_wrap=True)
     out.print(
         f"mailgate outbound bench: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"N={plan.n}, {plan.size}-byte messages, concurrency {plan.concurrency}, 127.0.0.1 only"
+        f"N={plan.n}, {plan.size}-byte messages, concurrency {plan.concurrency}, 127.0.0.1 only; "
+        "mailgate as two processes on one SQLite data dir (api+submission, worker)"
     )
     with (
         tempfile.TemporaryDirectory(prefix="mailgate-outbound-", dir=base_dir) as tmp,
