@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import re
@@ -329,26 +330,45 @@ async def configure(server: Server, sink_port: int) -> tuple[str, str]:
 
 
 async def rest_leg(plan: Plan, server: Server, key: str, sink: PostfixSink, meter: Meter) -> Leg:
+    """One message per ``POST /v1/messages``, over ``concurrency`` keep-alive connections. The client is
+    a few lines of raw HTTP/1.1, as smtp-source is a small C program: on two shared cores a full HTTP
+    client library would spend as much CPU as the server it measures."""
     text = plan.payload()
-    limits = httpx2.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
-    headers = {"Authorization": f"Bearer {key}"}
+    host, _, port = server.base_url.removeprefix("http://").partition(":")
+    numbers = iter(range(plan.n))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for i in numbers:  # one iterator shared by every connection: each message is sent once
+                body = json.dumps({"from": SENDER, "to": [RECIPIENT], "subject": f"bench {i}", "text": text}).encode()
+                writer.write(
+                    b"POST /v1/messages HTTP/1.1\r\nHost: %b\r\nAuthorization: Bearer %b\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                    % (host.encode(), key.encode(), len(body), body)
+                )
+                status, answer = await _http_response(reader)
+                if status != 202:
+                    raise RuntimeError(f"POST /v1/messages answered {status}: {answer[:500]!r}")
+        finally:
+            writer.close()
 
     async def submit() -> None:
-        async with httpx2.AsyncClient(
-            base_url=server.base_url, headers=headers, limits=limits, timeout=60, trust_env=False
-        ) as client:
-            numbers = iter(range(plan.n))
-
-            async def worker() -> None:
-                for i in numbers:  # one iterator shared by every worker: each message is sent once
-                    body = {"from": SENDER, "to": [RECIPIENT], "subject": f"bench {i}", "text": text}
-                    response = await client.post("/v1/messages", json=body)
-                    if response.status_code != 202:
-                        raise RuntimeError(f"POST /v1/messages answered {response.status_code}: {response.text[:500]}")
-
-            await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
+        await asyncio.gather(*(connection() for _ in range(plan.concurrency)))
 
     return await timed_leg("mailgate REST", plan, sink, meter, submit)
+
+
+async def _http_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length (what uvicorn sends here)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
 
 
 async def rest_batch_leg(plan: Plan, server: Server, key: str, sink: PostfixSink, meter: Meter) -> Leg:
