@@ -609,3 +609,16 @@ def test_any_extra_header_value_is_refused_or_lands_in_its_own_header(value: str
     assert header_names(message) == BASE_HEADERS | {"content-transfer-encoding", "x-campaign"}
     if "=?" not in value:  # readers decode encoded-words in unstructured values, as they should
         assert message["X-Campaign"] == value.strip(" \t")
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=400))
+def test_the_seven_bit_text_path_writes_what_the_stdlib_would(text: str) -> None:
+    """Plain ASCII bodies skip set_content for speed; the bytes must not change because of it."""
+    from email.message import MIMEPart
+
+    from mailgate.mime import compose as module
+
+    fast = module._text_part(text, "plain")
+    stdlib = MIMEPart(policy=module._POLICY)
+    stdlib.set_content(text, subtype="plain", cte="quoted-printable" if "\x00" in text else None)
+    assert fast.as_bytes() == stdlib.as_bytes()
