@@ -329,7 +329,7 @@ def _seven_bit_body(content: str) -> str | None:
     if not content.isascii() or "\x00" in content:
         return None
     lines = content.encode("ascii").splitlines()
-    if lines and max(len(line) for line in lines) > _POLICY.max_line_length:
+    if lines and max(len(line) for line in lines) > (_POLICY.max_line_length or 0):
         return None
     return "\r\n".join(line.decode("ascii") for line in lines) + "\r\n"
 
