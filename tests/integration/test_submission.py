@@ -150,6 +150,13 @@ async def test_malformed_commands_and_messages_get_precise_replies(node: Node, s
         assert (await client.execute_command(b"RCPT", b"TO:<@@bad>")).code in (501, 553)
         assert (await client.execute_command(b"BOGUS")).code == 500
         await client.rset()
+        assert (await client.execute_command(b"RCPT", b"TO:<a@example.net>")).code == 503  # no MAIL yet
+        assert (await client.execute_command(b"DATA")).code == 503
+        assert (await client.mail("app@acme.test")).code == 250
+        limit = node.gw.settings.submission.max_recipients
+        codes = [(await client.execute_command(b"RCPT", b"TO:<r%d@example.net>" % i)).code for i in range(limit + 1)]
+        assert codes[:limit] == [250] * limit and codes[limit] == 452
+        await client.rset()
         with pytest.raises(aiosmtplib.SMTPDataError) as refused:
             await client.sendmail("app@acme.test", ["user@example.net"], b"Subject: no sender\r\n\r\nbody\r\n")
         assert refused.value.code == 554 and "From" in refused.value.message

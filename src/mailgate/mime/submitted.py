@@ -59,6 +59,8 @@ def prepare(raw: bytes, *, hostname: str, now: datetime | None = None) -> Submit
 
     A Message-ID we add takes the From domain (as compose does), else ``hostname``.
     """
+    if not raw.strip():
+        raise InvalidInput("the message is empty", field="message")
     text = _LINE_ENDS.sub(b"\r\n", raw)
     head, sep, body = text.partition(b"\r\n\r\n")
     if not sep:
