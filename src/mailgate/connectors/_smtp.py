@@ -369,3 +369,14 @@ async def transact(
         disconnected = isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError)
         mapped.retry_safe = reset and not data_sent and (stage == "RSET" or disconnected)
         raise mapped from exc
+
+
+async def quit_quietly(client: aiosmtplib.SMTP, patience: float) -> None:
+    """QUIT politely, but never wait long for it: the messages are already delivered."""
+    try:
+        if client.is_connected:
+            await client.quit(timeout=min(patience, 5.0))
+    except (aiosmtplib.SMTPException, OSError):
+        pass
+    finally:
+        client.close()

@@ -23,6 +23,7 @@ from mailgate.connectors._smtp import (
     address_problem,
     client_tls_context,
     open_session,
+    quit_quietly,
     transact,
     valid_helo_name,
 )
@@ -260,14 +261,7 @@ class SmtpRelaySender(Sender):
             await asyncio.gather(*(self._quit(c) for c in expired))
 
     async def _quit(self, conn: _Connection) -> None:
-        """QUIT politely, but never wait long for it: the message is already delivered."""
-        try:
-            if conn.client.is_connected:
-                await conn.client.quit(timeout=min(self.config.timeout, 5.0))
-        except (aiosmtplib.SMTPException, OSError):
-            pass
-        finally:
-            conn.client.close()
+        await quit_quietly(conn.client, self.config.timeout)
 
     async def close(self) -> None:
         """Closes idle connections now and busy ones when their send finishes. The sender stays usable:
