@@ -7,6 +7,8 @@ read-then-write transaction never fails half-way with SQLITE_BUSY. PostgreSQL: a
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from mailgate.domain.errors import Unavailable
 from mailgate.store.group_commit import GroupCommit
@@ -64,15 +67,17 @@ class Database:
                 "journal_mode=WAL",
                 "synchronous=FULL",
                 "foreign_keys=ON",
-                f"busy_timeout={busy_timeout_ms}",
+                "busy_timeout=0",  # waits for the write lock happen in _take_write_lock, asynchronously
             ):
                 cursor.execute(f"PRAGMA {pragma}")
             cursor.close()
 
         @event.listens_for(sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            readonly = conn.get_execution_options().get(_READONLY, False)
-            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+            if conn.get_execution_options().get(_READONLY, False):
+                conn.exec_driver_sql("BEGIN")
+                return
+            _take_write_lock(conn, busy_timeout_ms / 1000)
 
     def on_events_committed(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every commit that appended events (wakes long-polls at once)."""
@@ -158,3 +163,30 @@ def insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
     """INSERT that skips rows whose key exists (ON CONFLICT DO NOTHING), on either engine."""
     insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
     return insert(table).on_conflict_do_nothing()
+
+
+def _take_write_lock(conn: Connection, budget: float) -> None:
+    """BEGIN IMMEDIATE, waiting for another process's writer by polling every few milliseconds.
+
+    SQLite's own busy handler backs off up to 100 ms between tries; with two processes taking turns on
+    the write lock (an API node and a worker node on one file) most of the time went into those sleeps
+    while nobody held the lock. Here the wait is an asyncio sleep (the event loop keeps serving), short
+    enough to take the lock soon after it is released, for at most the configured busy timeout.
+    """
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    deadline = time.monotonic() + budget
+    pause = 0.0005
+    try:
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except Exception as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+            await_only(asyncio.sleep(pause))
+            pause = min(pause * 2, 0.004)
+    finally:
+        cursor.close()
