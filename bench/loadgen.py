@@ -16,11 +16,13 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +89,19 @@ async def drive(
 def run(
     base_url: str, path: str, headers: Mapping[str, str], requests: int, concurrency: int, warmup: int
 ) -> LoadResult:
-    """One job, on uvloop when available (as the server uses)."""
+    """One job."""
+    return on_uvloop(drive(base_url, path, headers, requests, concurrency, warmup))
+
+
+def on_uvloop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when available, like ``mailgate serve``: the client side should not be the bottleneck.
+    Every bench script runs its clients through this."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        return asyncio.run(drive(base_url, path, headers, requests, concurrency, warmup))
+        return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(drive(base_url, path, headers, requests, concurrency, warmup))
+        return runner.run(coro)
 
 
 def main() -> None:

@@ -27,13 +27,14 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import aiosmtplib
 import httpx2
+import loadgen  # bench/ is on sys.path: it is the directory of the script being run
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -241,19 +242,23 @@ class Server:
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        """SIGTERM (a graceful stop), SIGKILL to the whole group if it takes longer than STOP_S."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), STOP_S)
-        except TimeoutError:
-            err.print(f"mailgate serve did not stop within {STOP_S:g}s: killed")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        await self.proc.wait()
+        await stop_group(self.proc, "mailgate serve")
         if self._drain is not None:
             await asyncio.wait_for(self._drain, 5)
         self._log.close()
+
+
+async def stop_group(proc: asyncio.subprocess.Process, what: str) -> None:
+    """SIGTERM (a graceful stop), SIGKILL to the whole group if it takes longer than STOP_S."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_S)
+    except TimeoutError:
+        err.print(f"{what} did not stop within {STOP_S:g}s: killed")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
 
 
 class WorkerProcess:
@@ -290,14 +295,7 @@ class WorkerProcess:
         return cls(proc)
 
     async def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), STOP_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
+        await stop_group(self.proc, "mailgate worker")
 
 
 class Admin:
@@ -518,17 +516,6 @@ async def main(plan: Plan, base_dir: str | None) -> None:
     print(f"ratio mailgate/postfix = {rest.rate / anchor.rate:.2f}", flush=True)
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    """On uvloop when available, like ``mailgate serve``: the client side should not be the bottleneck."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - Windows
-        asyncio.run(coro)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)
-
-
 def cli() -> None:
     parser = argparse.ArgumentParser(description="mailgate outbound rate against Postfix relaying the same mail")
     parser.add_argument("--n", type=int, default=20000, help="messages per leg (default 20000)")
@@ -541,7 +528,7 @@ def cli() -> None:
     if args.n < 1 or args.concurrency < 1 or args.size < 1:
         parser.error("--n, --concurrency and --size must be positive")
     try:
-        run(main(Plan(args.n, args.concurrency, args.size), args.dir))
+        loadgen.on_uvloop(main(Plan(args.n, args.concurrency, args.size), args.dir))
     except PostfixUnavailable as exc:
         sys.exit(f"outbound bench: {exc}")
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM, after every server stopped

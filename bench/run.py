@@ -31,7 +31,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -428,17 +428,6 @@ async def main(plan: Plan, quick: bool, base_dir: str | None) -> None:
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    """On uvloop when available, like ``mailgate serve``."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - Windows
-        asyncio.run(coro)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)
-
-
 def cli() -> None:
     parser = argparse.ArgumentParser(description="mailgate benchmarks, each against an anchor measured in the same run")
     parser.add_argument(
@@ -452,7 +441,7 @@ def cli() -> None:
     configure_logging("text", "warning")
     faulthandler.dump_traceback_later(HARD_LIMIT_S, exit=True)
     try:
-        run(main(Plan.make(args.quick), args.quick, args.dir))
+        loadgen.on_uvloop(main(Plan.make(args.quick), args.quick, args.dir))
     finally:
         faulthandler.cancel_dump_traceback_later()
 

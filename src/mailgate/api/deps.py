@@ -38,6 +38,12 @@ async def principal(
     return who
 
 
+def media_type(request: Request) -> str:
+    """The request's Content-Type without parameters, lower-cased: routes that take several body kinds
+    (JSON or a raw message, CSV) choose by it."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
 async def request_id() -> str | None:
     return request_id_var.get()
 

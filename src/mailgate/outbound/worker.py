@@ -204,7 +204,14 @@ class DeliveryWorker:
                 results[rcpt] = (outcome, hop.spec.name, elapsed)
                 if not (isinstance(outcome, Deferred) and outcome.connector_fault):
                     pending.pop(rcpt, None)
-        await self._db.batched.run_bulk(self._record_all, _Finished(message, group, results))
+        recorded: list[tuple[DeliveryStatus, str | None]] = await self._db.batched.run_bulk(
+            self._record_all, _Finished(message, group, results)
+        )
+        now = utcnow()
+        for status, connector in recorded:  # counted once committed, not before
+            DELIVERIES.labels(status.value, connector or "none").inc()
+            if status == DeliveryStatus.SENT:
+                DELIVERY_LATENCY.observe((now - message.created_at).total_seconds())
 
     async def _send(
         self, sender: Sender, message: MessageRecord, pending: dict[str, DeliveryRecord], raw: bytes
@@ -218,14 +225,18 @@ class DeliveryWorker:
         )
         return {rcpt: outcome for result in separate for rcpt, outcome in result.items()}
 
-    async def _record_all(self, conn: AsyncConnection, finished: list[_Finished]) -> list[None]:
-        """Record the attempts of every message finished since the last commit, with a few statements."""
+    async def _record_all(
+        self, conn: AsyncConnection, finished: list[_Finished]
+    ) -> list[list[tuple[DeliveryStatus, str | None]]]:
+        """Record the attempts of every message finished since the last commit, with a few statements;
+        answers, per message, the (status, connector) of each attempt stored."""
         now = utcnow()
         held = await repo.leased_by(conn, [d.id for f in finished for d in f.group], self.owner)
         stored: list[repo.AttemptResult] = []
         events: list[tuple[EventType, str | None, str | None, dict[str, Any]]] = []
-        counted: list[tuple[DeliveryStatus, str | None, MessageRecord]] = []
+        counted: list[list[tuple[DeliveryStatus, str | None]]] = []
         for f in finished:
+            counted.append([])
             for delivery in f.group:
                 if delivery.id not in held:
                     log.warning("lease lost before recording; the new owner's result stands", delivery=delivery.id)
@@ -240,7 +251,7 @@ class DeliveryWorker:
                 stored.append(
                     repo.AttemptResult(delivery.id, step.status, step.next_attempt_at, connector, reply, elapsed)
                 )
-                counted.append((step.status, connector, f.message))
+                counted[-1].append((step.status, connector))
                 events.append(
                     (
                         _EVENT[step.status],
@@ -260,8 +271,4 @@ class DeliveryWorker:
                 )
         await repo.record_attempts(conn, stored, self.owner)
         await self._admin.emit_many_in(conn, events)
-        for status, connector, message in counted:
-            DELIVERIES.labels(status.value, connector or "none").inc()
-            if status == DeliveryStatus.SENT:
-                DELIVERY_LATENCY.observe((now - message.created_at).total_seconds())
-        return [None] * len(finished)
+        return counted

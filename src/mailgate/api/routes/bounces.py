@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from mailgate.api.deps import Bounces, Caller
+from mailgate.api.deps import Bounces, Caller, media_type
 from mailgate.api.schemas.common import problems
 
 router = APIRouter(tags=["bounces"])
@@ -45,7 +45,7 @@ async def process_bounce(
     caller: Caller,
     to: Annotated[list[str] | None, Query(description="The address(es) the report was delivered to.")] = None,
 ) -> BounceOut:
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    content_type = media_type(request)
     if content_type not in ("message/rfc822", "message/global"):
         raise HTTPException(415, "send the report as message/rfc822")
     outcome = await bounces.process(caller, await request.body(), to or [])

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from mailgate.api import pagination
-from mailgate.api.deps import Caller, Outbound, RequestId
+from mailgate.api.deps import Caller, Outbound, RequestId, media_type
 from mailgate.api.schemas.common import problems
 from mailgate.api.schemas.outbound import (
     BatchAccepted,
@@ -68,7 +68,7 @@ async def send(
     """The hottest route: it reads its service from the app and answers the service's dict as is (the
     shape is ``SendAccepted`` by construction), which saves a third of the framework's per-request work."""
     outbound: OutboundService = request.app.state.outbound
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    content_type = media_type(request)
     raw = await request.body()
     if content_type in RAW_TYPES:
         result = await outbound.send_raw(

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from mailgate.api import pagination
-from mailgate.api.deps import Caller, RequestId, Suppressions
+from mailgate.api.deps import Caller, RequestId, Suppressions, media_type
 from mailgate.api.schemas.common import problems
 from mailgate.api.schemas.outbound import SuppressionIn, SuppressionOut, SuppressionPage
 from mailgate.domain.errors import InvalidInput
@@ -58,7 +58,7 @@ class ImportResult(BaseModel):
     },
 )
 async def import_csv(request: Request, suppressions: Suppressions, caller: Caller, rid: RequestId) -> ImportResult:
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    content_type = media_type(request)
     if content_type not in ("text/csv", "text/plain"):
         raise HTTPException(415, "send the list as text/csv")
     try:
