@@ -25,6 +25,7 @@ from mailgate.store import audit as audit_repo
 from mailgate.store import events as events_repo
 from mailgate.store import meta as meta_repo
 from mailgate.store import tenants as tenants_repo
+from mailgate.store.cache import ReadThroughCache
 from mailgate.store.database import Database
 from mailgate.store.keyring import Keyring
 from mailgate.store.types import utcnow
@@ -46,7 +47,9 @@ class AdminService:
         self._pepper = keyring.subkey("apikey")
         self._audit_key = keyring.subkey("audit")
         self._events_changed = asyncio.Event()
-        self._keys: dict[str, tuple[tuple[ApiKey, str] | None, float]] = {}
+        self._keys: ReadThroughCache[str, tuple[ApiKey, str] | None] = ReadThroughCache(
+            KEY_CACHE_SECONDS, limit=KEY_CACHE_LIMIT
+        )
         db.on_events_committed(self._wake)
 
     # ----- shared by every mutation -----
@@ -147,15 +150,12 @@ class AdminService:
         if parts is None:
             raise AuthenticationFailed("malformed API key")
         key_id, secret = parts
-        now = time.monotonic()
-        cached = self._keys.get(key_id)
-        if cached is None or cached[1] <= now:
+
+        async def load() -> tuple[ApiKey, str] | None:
             async with self._db.read() as conn:
-                found = await tenants_repo.get_key(conn, key_id)
-            if len(self._keys) >= KEY_CACHE_LIMIT:
-                self._keys.clear()
-            cached = self._keys[key_id] = (found, now + KEY_CACHE_SECONDS)
-        found = cached[0]
+                return await tenants_repo.get_key(conn, key_id)
+
+        found = await self._keys.get(key_id, load)
         if found is None or not tokens.secret_matches(self._pepper, secret, found[1]):
             raise AuthenticationFailed("unknown API key")
         key = found[0]
@@ -294,7 +294,7 @@ class AdminService:
             if found is None:
                 raise NotFound("apikey", key_id)
             key = found[0]
-            self._keys.pop(key_id, None)
+            self._keys.forget(key_id)
             if await tenants_repo.revoke_key(conn, key_id, utcnow()):
                 await self.audit_in(
                     conn,
@@ -307,7 +307,7 @@ class AdminService:
                 )
                 await self.emit_in(conn, EventType.APIKEY_REVOKED, tenant_id=key.tenant_id, object_id=key_id, data={})
             found = await tenants_repo.get_key(conn, key_id)
-        self._keys.pop(key_id, None)  # again: a request may have cached the row while we committed
+        self._keys.forget(key_id)  # again: a request may have cached the row while we committed
         assert found is not None
         return found[0]
 

@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import json
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
@@ -41,6 +40,7 @@ from mailgate.outbound.dkim import DkimSigner
 from mailgate.outbound.templates import TemplateService
 from mailgate.store import outbound as repo
 from mailgate.store.blobs import BlobRef, BlobStore, StagedBlob
+from mailgate.store.cache import ReadThroughCache
 from mailgate.store.database import Database
 from mailgate.store.keyring import Keyring
 from mailgate.store.types import utcnow
@@ -190,7 +190,7 @@ class OutboundService:
         self._admin = admin
         self._hostname = hostname
         self._signers: dict[str, DkimSigner] = {}
-        self._signing: dict[tuple[str, str], tuple[DkimSigner | None, float]] = {}
+        self._signing: ReadThroughCache[tuple[str, str], DkimSigner | None] = ReadThroughCache(SIGNER_CACHE_SECONDS)
         self._queue_changed = asyncio.Event()
 
     # ----- the queue's wake-up -----
@@ -444,20 +444,19 @@ class OutboundService:
         """Which key signs mail of ``domain``, remembered for a few seconds: looking it up costs a
         database read, and a burst of mail from one domain would pay it on every message. Keys made on
         this node apply at once (``forget_signers``), on other nodes within ``SIGNER_CACHE_SECONDS``."""
-        now = time.monotonic()
-        cached = self._signing.get((tenant_id, domain))
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        async with self._db.read() as conn:
-            key = await repo.signing_key(conn, domain, tenant_id)
-        signer = None
-        if key is not None:
+
+        async def load() -> DkimSigner | None:
+            async with self._db.read() as conn:
+                key = await repo.signing_key(conn, domain, tenant_id)
+            if key is None:
+                return None
             signer = self._signers.get(key.id)
             if signer is None:
                 pem = await self._keyring.unseal(key.sealed_pem, f"dkim:{key.id}".encode())
                 signer = self._signers[key.id] = DkimSigner(key.domain, key.selector, pem)
-        self._signing[(tenant_id, domain)] = (signer, now + SIGNER_CACHE_SECONDS)
-        return signer
+            return signer
+
+        return await self._signing.get((tenant_id, domain), load)
 
     def forget_signers(self) -> None:
         self._signing.clear()

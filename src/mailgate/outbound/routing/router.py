@@ -7,7 +7,6 @@ wins over the global one, and connector names resolve the same way.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from mailgate.domain.outbound import GLOBAL_SCOPE, ConnectorSpec, RouteSpec
 from mailgate.outbound.routing.breaker import BreakerState, CircuitBreaker
 from mailgate.outbound.routing.ratelimit import RateLimiter
 from mailgate.store import outbound as repo
+from mailgate.store.cache import ReadThroughCache
 from mailgate.store.database import Database
 from mailgate.store.keyring import Keyring
 
@@ -76,22 +76,20 @@ class Router:
         self._on_change = on_breaker_change
         self._threshold = breaker_threshold
         self._cooldown = breaker_cooldown
-        self._ttl = config_ttl
         self._live: dict[str, tuple[ConnectorSpec, Sender]] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._limiters: dict[str, RateLimiter] = {}
-        self._cache: dict[str, tuple[float, list[RouteSpec], list[ConnectorSpec]]] = {}
+        self._cache: ReadThroughCache[str, tuple[list[RouteSpec], list[ConnectorSpec]]] = ReadThroughCache(config_ttl)
 
     async def _config(self, tenant_id: str) -> tuple[list[RouteSpec], list[ConnectorSpec]]:
-        cached = self._cache.get(tenant_id)
-        if cached and time.monotonic() - cached[0] < self._ttl:
-            return cached[1], cached[2]
-        scopes = [tenant_id, GLOBAL_SCOPE]
-        async with self._db.read() as conn:
-            routes = await repo.list_routes(conn, scopes)
-            specs = await repo.list_connectors(conn, self._keyring, scopes)
-        self._cache[tenant_id] = (time.monotonic(), routes, specs)
-        return routes, specs
+        async def load() -> tuple[list[RouteSpec], list[ConnectorSpec]]:
+            scopes = [tenant_id, GLOBAL_SCOPE]
+            async with self._db.read() as conn:
+                routes = await repo.list_routes(conn, scopes)
+                specs = await repo.list_connectors(conn, self._keyring, scopes)
+            return routes, specs
+
+        return await self._cache.get(tenant_id, load)
 
     def invalidate(self) -> None:
         """Forget cached configuration (after a change on this node)."""
