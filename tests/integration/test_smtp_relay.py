@@ -62,9 +62,10 @@ async def sink_factory() -> AsyncIterator[SinkFactory]:
         await sink.stop()
 
 
-@pytest.fixture
-async def sink(sink_factory: SinkFactory) -> SmtpSink:
-    result: SmtpSink = await sink_factory()
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelined"])
+async def sink(sink_factory: SinkFactory, request: pytest.FixtureRequest) -> SmtpSink:
+    """Every behaviour holds whether the server takes commands one at a time or pipelined."""
+    result: SmtpSink = await sink_factory(pipelining=request.param)
     return result
 
 
@@ -533,3 +534,49 @@ async def test_stop_cuts_hung_connections(sink: SmtpSink, relay_factory: RelayFa
     outcome = (await asyncio.wait_for(pending, 5))["u@x.test"]
     assert time.monotonic() - started < 2
     assert_connector_fault(outcome, "closed the connection")
+
+
+async def test_commands_are_pipelined_only_where_offered(
+    sink_factory: SinkFactory, relay_factory: RelayFactory
+) -> None:
+    rcpts = ["a@example.net", "b@example.net", "c@example.net"]
+    for pipelining, waiting in ((True, len(rcpts) + 1), (False, 0)):
+        sink = await sink_factory(pipelining=pipelining)
+        relay = relay_factory(sink.port)
+        for _ in range(3):
+            outcomes = await relay.send("app@acme.test", rcpts, MESSAGE)
+            assert all(isinstance(o, Delivered) for o in outcomes.values())
+        # at each MAIL the server already holds every RCPT and the DATA (the RSET of a reused
+        # connection was read before the MAIL), or nothing at all
+        assert sink.commands_waiting == [waiting] * 3, pipelining
+        assert sink.connections == 1 and [m.data for m in sink.messages] == [MESSAGE] * 3
+
+
+async def test_a_pipelined_data_taken_without_recipients_closes_the_connection(relay_factory: RelayFactory) -> None:
+    """RFC 2920 3.1: a server may answer DATA with 354 although it refused every RCPT. The content
+    must not be sent (nobody would get it, or the server would take an empty message), and the
+    session is in the middle of DATA, so it is not reused."""
+    sessions: list[list[bytes]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen: list[bytes] = []
+        sessions.append(seen)
+        writer.write(b"220 odd.test ESMTP\r\n")
+        replies = {b"EHLO": b"250-odd.test\r\n250 PIPELINING\r\n", b"MAIL": b"250 ok\r\n", b"RCPT": b"550 5.1.1 no\r\n"}
+        while line := await reader.readline():
+            seen.append(line)
+            verb = line[:4].upper()
+            writer.write(b"354 go ahead\r\n" if verb == b"DATA" else replies.get(verb, b"250 ok\r\n"))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        relay = relay_factory(server.sockets[0].getsockname()[1])
+        outcome = (await relay.send("app@acme.test", ["u@example.net"], MESSAGE))["u@example.net"]
+        assert isinstance(outcome, Bounced) and outcome.reply == Reply(550, "5.1.1", "no")
+        assert relay.open_connections == 0
+        await asyncio.sleep(0.05)
+        assert [line.split(b" ")[0].strip() for line in sessions[0]][-3:] == [b"MAIL", b"RCPT", b"DATA"]
+    finally:
+        server.close()
+        await server.wait_closed()

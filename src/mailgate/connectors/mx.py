@@ -26,23 +26,21 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import aiosmtplib
-
 from mailgate.connectors._smtp import (
-    NETWORK_ERRORS,
     PathFailure,
     SessionOptions,
     address_problem,
     client_tls_context,
-    explain,
     open_session,
     quit_quietly,
+    start_tls,
     transact,
     valid_helo_name,
 )
 from mailgate.connectors.base import Sender
 from mailgate.connectors.dns import DnsError, DnsResolver, MxRecord, NoSuchDomain, NullMx
 from mailgate.connectors.mta_sts import MtaSts, StsPolicy
+from mailgate.connectors.smtp_client import SmtpClient
 from mailgate.domain.delivery import Bounced, Deferred, DeliveryOutcome, Failed, Reply
 from mailgate.domain.errors import InvalidInput
 from mailgate.observability.logging import get_logger
@@ -109,7 +107,7 @@ _PoolKey = tuple[str, str, _TlsLevel]  # MX host name, address, TLS level
 
 @dataclass(eq=False)
 class _Connection:
-    client: aiosmtplib.SMTP
+    client: SmtpClient
     generation: int
     transactions: int = 0
     idle_since: float = 0.0
@@ -319,7 +317,7 @@ class MxSender(Sender):
     def _where(self, host: str, address: str) -> str:
         return f"{host} [{address}]:{self.config.port}"
 
-    async def _open(self, hop: _Hop, address: str) -> aiosmtplib.SMTP:
+    async def _open(self, hop: _Hop, address: str) -> SmtpClient:
         """A session to ``address`` with TLS as ``hop.tls`` says. The client connects to the address we
         resolved (never letting the OS resolver pick one) and verifies the certificate against the MX
         host name, the identity MTA-STS vouches for."""
@@ -339,7 +337,7 @@ class MxSender(Sender):
         client = await open_session(options)
         if hop.tls == "none":
             return client
-        if not client.supports_extension("starttls"):
+        if not client.supports("starttls"):
             if hop.tls == "may":
                 return client
             client.close()
@@ -347,13 +345,11 @@ class MxSender(Sender):
             raise PathFailure(f"{where} does not offer STARTTLS, which {why} requires")
         context = self._verified if hop.tls == "verify" else self._unverified
         try:
-            await client.starttls(server_hostname=hop.host, tls_context=context)
-            await client.ehlo()
-        except NETWORK_ERRORS as exc:
+            await start_tls(client, context, hop.host, options)
+        except PathFailure as failure:
             client.close()
-            failure = explain(exc, "STARTTLS", where, self.config.timeout)
             if hop.tls != "may":
-                raise failure from exc
+                raise
             log.info("STARTTLS failed; retrying in clear text", host=hop.host, address=address, error=failure.reason)
             return await open_session(options)
         return client

@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import aiosmtplib
-
 from mailgate.connectors._smtp import (
     PathFailure,
     SessionOptions,
@@ -29,6 +27,7 @@ from mailgate.connectors._smtp import (
 )
 from mailgate.connectors.base import Sender
 from mailgate.connectors.oauth2 import TokenManager, endpoint_problem
+from mailgate.connectors.smtp_client import SmtpClient
 from mailgate.domain.delivery import DeliveryOutcome, Failed
 from mailgate.domain.errors import InvalidInput
 
@@ -110,7 +109,7 @@ class SmtpRelayConfig:
 
 @dataclass(eq=False)
 class _Connection:
-    client: aiosmtplib.SMTP
+    client: SmtpClient
     generation: int
     transactions: int = 0
     idle_since: float = 0.0

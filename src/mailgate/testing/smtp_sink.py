@@ -31,6 +31,10 @@ Modes (``SmtpSink.mode``, read at every command, so a change applies to live con
 
 ``rcpt_replies`` (address → full reply line) overrides the mode per recipient; a ``421`` reply
 there also closes the connection, as a real server does.
+
+``pipelining=True`` offers PIPELINING (RFC 2920; aiosmtpd reads commands in order either way), and
+``commands_waiting`` records, at every MAIL, how many complete commands the client had already sent
+after it: 0 from a client that waits for each reply, the RCPTs and DATA from one that pipelines.
 """
 
 from __future__ import annotations
@@ -117,6 +121,10 @@ class _SinkSMTP(SMTP):
     def tls(self) -> bool:
         return self.transport is not None and self.transport.get_extra_info("sslcontext") is not None
 
+    def buffered_commands(self) -> int:
+        """Complete command lines received but not read yet (aiosmtpd's reader is a StreamReader)."""
+        return bytes(getattr(self._reader, "_buffer", b"")).count(b"\r\n")
+
     def abort(self) -> None:
         if isinstance(self.transport, asyncio.Transport):
             self.transport.abort()
@@ -168,6 +176,8 @@ class _Handler:
         session.host_name = hostname  # the 5-argument hook takes this over from aiosmtpd
         if self.sink.auth is None:  # aiosmtpd offers AUTH (always failing) even with no authenticator
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        if self.sink.pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -181,6 +191,7 @@ class _Handler:
     ) -> str:
         assert isinstance(server, _SinkSMTP)
         mode = self.sink.mode
+        self.sink.commands_waiting.append(server.buffered_commands())
         if self.sink.auth is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
         if mode == "drop_reused" and server.transactions:
@@ -254,6 +265,7 @@ class SmtpSink:
         hostname: str = "sink.invalid",
         data_size_limit: int | None = 32 * 1024 * 1024,
         idle_timeout: float = 300.0,
+        pipelining: bool = False,
     ) -> None:
         if starttls is not None and implicit_tls is not None:
             raise ValueError("choose STARTTLS or implicit TLS, not both")
@@ -267,6 +279,8 @@ class SmtpSink:
         self.hostname = hostname
         self.data_size_limit = data_size_limit
         self.idle_timeout = idle_timeout
+        self.pipelining = pipelining
+        self.commands_waiting: list[int] = []
         self.messages: list[ReceivedMessage] = []
         self.connections = 0
         """Connections accepted so far (kept across stop/start); ``reset()`` zeroes it."""
@@ -316,6 +330,7 @@ class SmtpSink:
 
     def reset(self) -> None:
         self.messages.clear()
+        self.commands_waiting.clear()
         self.connections = 0
         self.peak_connections = len(self._live)
 
