@@ -205,6 +205,22 @@ async def test_raw_mime_over_rest(node: Node, sinks: list[SmtpSink]) -> None:
     assert bad.status_code == 422 and bad.json()["type"].endswith("invalid-input")
     wrong = await node.call("POST", "/v1/messages", key, content=b"x", headers={"Content-Type": "text/plain"})
     assert wrong.status_code == 415 and wrong.headers["content-type"] == "application/problem+json"
+    late = await node.call("POST", "/v1/messages?send_at=soon", key, content=MESSAGE, headers=headers)
+    assert late.status_code == 422 and late.json()["type"].endswith("invalid-input"), late.text
+    assert "send_at" in late.text
+    scheduled = await node.call(
+        "POST",
+        "/v1/messages?send_at=2100-01-01T00:00:00Z&to=later@example.net",
+        key,
+        content=MESSAGE.replace(b"job-42", b"job-44"),
+        headers=headers,
+    )
+    assert scheduled.status_code == 202, scheduled.text
+    long_key = {**headers, "Idempotency-Key": "k" * 201}
+    r = await node.call("POST", "/v1/messages", key, content=MESSAGE, headers=long_key)
+    assert r.status_code == 422 and "idempotency-key" in r.text.lower(), r.text
+    status = await node.call("GET", f"/v1/messages/{scheduled.json()['id']}", key)
+    assert [d["status"] for d in status.json()["deliveries"]] == ["queued"]
 
 
 async def test_oversize_request_body_is_413(node: Node) -> None:

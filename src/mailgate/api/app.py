@@ -51,13 +51,13 @@ def create_app(
     app.state.suppressions = suppressions
     app.state.bounces = bounces
     app.state.max_wait = max_wait
-    for module in (
+    for module in (  # the framework tries routes in this order: the hottest first
+        messages,
         health,
         tenants,
         apikeys,
         records,
         connectors,
-        messages,
         suppressions_routes,
         smtp_credentials_routes,
         templates_routes,
