@@ -4,7 +4,7 @@ against Postfix relaying the same messages on the same machine in the same run.
 - anchor: Postfix's ``smtp-source`` → a throwaway Postfix relay → Postfix's ``smtp-sink``;
 - mailgate REST: ``POST /v1/messages`` from concurrent httpx2 clients → ``mailgate serve`` (a
   subprocess, embedded SQLite) → its ``smtp_relay`` connector → ``smtp-sink``;
-- mailgate SMTP submission (when the CLI has ``smtp-credentials``): aiosmtplib sessions with STARTTLS
+- mailgate SMTP submission (when the CLI has ``smtp-credentials``): SMTP sessions with STARTTLS
   and AUTH → ``mailgate serve`` → ``smtp-sink``.
 
 Each leg is timed from its first submission until smtp-sink has acknowledged the last message: both
@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiosmtplib
 import httpx2
 import loadgen  # bench/ is on sys.path: it is the directory of the script being run
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mailgate.connectors._smtp import SessionOptions, open_session, quit_quietly, transact
+from mailgate.domain.delivery import Delivered
 from mailgate.testing.postfix import PostfixRelay, PostfixSink, PostfixUnavailable, free_port, smtp_source
 
 MAILGATE = [sys.executable, "-m", "mailgate"]
@@ -422,16 +423,33 @@ async def submission_leg(plan: Plan, port: int, credentials: tuple[str, str], si
     context.verify_mode = ssl.CERT_NONE
     numbers = iter(range(plan.n))
 
+    options = SessionOptions(
+        host="127.0.0.1",
+        port=port,
+        tls="starttls",
+        tls_context=context,
+        timeout=60,
+        helo_name="bench.test",
+        username=credentials[0],
+        password=credentials[1],
+    )
+
     async def session() -> None:
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=context, timeout=60)
-        await client.connect()
+        client = await open_session(options)
         try:
-            await client.login(*credentials)
             for i in numbers:
-                errors, reply = await client.sendmail(SENDER, [RECIPIENT], smtp_message(i, text))
-                if errors:
-                    raise RuntimeError(f"submission refused recipients: {errors} ({reply})")
-            await client.quit()
+                outcomes = await transact(
+                    client,
+                    SENDER,
+                    [RECIPIENT],
+                    smtp_message(i, text),
+                    reset=False,
+                    where=options.where,
+                    reply_timeout=options.timeout,
+                )
+                if not isinstance(outcomes[RECIPIENT], Delivered):
+                    raise RuntimeError(f"submission refused the message: {outcomes[RECIPIENT]}")
+            await quit_quietly(client, 5.0)
         finally:
             client.close()
 
