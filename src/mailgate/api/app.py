@@ -8,6 +8,7 @@ from mailgate import __version__
 from mailgate.admin.service import AdminService
 from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.api import errors
+from mailgate.api.fast_lane import FastLane
 from mailgate.api.middleware import RequestContext
 from mailgate.api.routes import apikeys, connectors, health, messages, records, tenants
 from mailgate.api.routes import bounces as bounces_routes
@@ -65,6 +66,7 @@ def create_app(
     ):
         app.include_router(module.router)
     errors.install(app)
+    app.add_middleware(FastLane)  # added first, so it runs inside RequestContext
     app.add_middleware(RequestContext, max_body=max_body)
     original_openapi = app.openapi
 

@@ -27,13 +27,22 @@ async def admin_service(request: Request) -> AdminService:
 
 
 async def principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    admin: Annotated[AdminService, Depends(admin_service)],
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    if credentials is None:
+    return await authenticate(request, credentials.credentials if credentials is not None else None)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of ``Authorization: Bearer <token>``, read as ``HTTPBearer(auto_error=False)`` reads it."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def authenticate(request: Request, token: str | None) -> Principal:
+    if token is None:
         raise AuthenticationFailed("an API key is required: Authorization: Bearer <key>")
-    who = await admin.authenticate(credentials.credentials)
+    admin: AdminService = request.app.state.admin
+    who = await admin.authenticate(token)
     request.state.principal = who
     return who
 
