@@ -159,3 +159,24 @@ def test_data_payload_round_trips_through_a_servers_unstuffing(lines: list[bytes
 def test_auth_encodings() -> None:
     assert base64.b64decode(auth_plain("app", "pw")) == b"\0app\0pw"
     assert base64.b64decode(auth_xoauth2("u@x.test", "tok")) == b"user=u@x.test\x01auth=Bearer tok\x01\x01"
+
+
+async def test_a_command_with_a_line_break_is_refused_before_anything_is_sent(serve: Serve) -> None:
+    received: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 test ESMTP\r\n")
+        while line := await reader.readline():
+            received.append(line)
+            writer.write(b"250 ok\r\n")
+
+    client = await connect(await serve(script))
+    for smuggled in (b"MAIL FROM:<a@b>\r\nRCPT TO:<evil@x>", b"RCPT TO:<a@b>\nDATA"):
+        with pytest.raises(ValueError, match="CR or LF"):
+            await client.pipeline([b"RSET", smuggled], [], "MAIL")
+        with pytest.raises(ValueError, match="CR or LF"):
+            await client.command(smuggled, "MAIL")
+    assert (await client.command(b"NOOP", "NOOP")).code == 250
+    await asyncio.sleep(0.05)
+    assert received == [b"NOOP\r\n"]
+    client.close()

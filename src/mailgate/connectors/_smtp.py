@@ -168,8 +168,6 @@ class SessionOptions:
     password: str | None = None
     oauth: TokenManager | None = None
     """With a username: log in with AUTH XOAUTH2 and this manager's tokens instead of the password."""
-    server_hostname: str | None = None
-    """The name TLS verifies the certificate against, when ``host`` is an address (MX delivery)."""
 
     @property
     def where(self) -> str:
@@ -220,7 +218,6 @@ async def open_session(opts: SessionOptions) -> SmtpClient:
             opts.port,
             reply_timeout=opts.timeout,
             tls_context=opts.tls_context if opts.tls == "implicit" else None,
-            server_hostname=opts.server_hostname,
         )
         if greeting.code != 220:
             reply = reply_of(greeting)
@@ -234,7 +231,7 @@ async def open_session(opts: SessionOptions) -> SmtpClient:
                     "use tls=implicit for port 465, or tls=none only on a trusted network"
                 )
             assert opts.tls_context is not None
-            await start_tls(client, opts.tls_context, opts.server_hostname or opts.host, opts)
+            await start_tls(client, opts.tls_context, opts.host, opts)
         if opts.username is not None:
             stage = "AUTH"
             if not client.supports("auth"):
@@ -448,7 +445,7 @@ async def transact(
         raise
     except NETWORK_ERRORS as exc:
         # the command whose reply was awaited names the stage (a pipelined write covers several)
-        stage = "DATA" if data_sent else commands[min(len(replies), len(commands) - 1)][0] if commands else "MAIL"
+        stage = "DATA" if data_sent else commands[min(len(replies), len(commands) - 1)][0]
         if isinstance(exc, SmtpClientError):
             exc.stage = stage
         mapped = explain(exc, stage, where, reply_timeout)

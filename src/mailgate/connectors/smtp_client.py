@@ -160,6 +160,13 @@ class SmtpClient:
     def _deadline(self, stage: str) -> _Deadline:
         return _Deadline(self.reply_timeout, stage)
 
+    def _send_lines(self, lines: Sequence[bytes], stage: str) -> None:
+        """Commands go out only whole: a CR or LF inside one would smuggle a command of its own."""
+        for line in lines:
+            if b"\r" in line or b"\n" in line:
+                raise ValueError(f"an SMTP command may not contain CR or LF: {line[:40]!r}")
+        self._write(b"".join(line + b"\r\n" for line in lines), stage)
+
     def _write(self, data: bytes, stage: str) -> None:
         if self._writer.is_closing():
             raise SmtpDisconnected("the connection is closed", stage)
@@ -167,13 +174,13 @@ class SmtpClient:
 
     async def command(self, line: bytes, stage: str) -> Response:
         """One command and its reply; ``line`` is the command without CRLF."""
-        self._write(line + b"\r\n", stage)
+        self._send_lines([line], stage)
         return await self.read(stage)
 
     async def pipeline(self, lines: Sequence[bytes], replies: list[Response], stage: str) -> None:
         """Send every command in one write, then append each reply to ``replies`` in order. The list is
         the caller's so that after a failure it still shows which commands were answered."""
-        self._write(b"".join(line + b"\r\n" for line in lines), stage)
+        self._send_lines(lines, stage)
         async with self._deadline(stage):
             for _ in lines:
                 replies.append(await self._read_reply(stage))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from mailgate.api import pagination
@@ -21,6 +20,7 @@ from mailgate.api.schemas.outbound import (
     QueuedDelivery,
     QueueOut,
     QueueRetried,
+    RawParams,
     SendAccepted,
     SendIn,
 )
@@ -110,16 +110,6 @@ async def send(request: Request, caller: Caller) -> Response:
         caller, _send_request(body), idempotency_key=idempotency_key, request_id=request_id_var.get()
     )
     return JSONResponse(result, status_code=202)
-
-
-class RawParams(BaseModel):
-    """The query parameters of a raw-MIME send (documented in ``_SEND_PARAMETERS``)."""
-
-    mail_from: str | None = None
-    to: list[str] | None = None
-    tag: list[str] | None = None
-    route: str | None = None
-    send_at: datetime | None = None
 
 
 def _raw_params(request: Request) -> RawParams:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -411,3 +412,14 @@ class BatchIn(SendIn):
 
 class BatchAccepted(BaseModel):
     messages: list[SendAccepted]
+
+
+class RawParams(BaseModel):
+    """The query parameters of a raw-MIME ``POST /v1/messages``; the route parses them itself only for
+    a raw body (its OpenAPI entry documents them)."""
+
+    mail_from: str | None = None
+    to: list[str] | None = None
+    tag: list[str] | None = None
+    route: str | None = None
+    send_at: datetime | None = None
