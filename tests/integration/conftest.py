@@ -1,4 +1,5 @@
-"""Fixtures for sending tests: a node with api, worker and submission roles, relay sinks, a tenant."""
+"""Fixtures for integration tests: a bare database, and for sending tests a node with api, worker and
+submission roles, relay sinks, a tenant."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import pytest
 
+from mailgate.store.database import Database
 from mailgate.testing.dns_server import DnsServer
 from mailgate.testing.smtp_sink import SmtpSink
 from tests.conftest import Api, free_port, make_settings
@@ -27,6 +29,17 @@ FAST_QUEUE = {
     "breaker_cooldown": 1.0,
     "lease": 30,
 }
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    """A migrated database of its own, on each engine."""
+    database = Database(db_url)
+    await database.upgrade()
+    try:
+        yield database
+    finally:
+        await database.dispose()
 
 
 class Node(Api):

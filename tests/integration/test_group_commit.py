@@ -4,7 +4,6 @@ each other's failures, nobody is answered before the commit, and two processes' 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,6 @@ from mailgate.store import tenants as tenants_repo
 from mailgate.store.database import Database
 from mailgate.store.schema import tenants
 from mailgate.store.types import utcnow
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.upgrade()
-    try:
-        yield database
-    finally:
-        await database.dispose()
 
 
 async def _count(db: Database) -> int:

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.domain.errors import NotFound
 from mailgate.security import envelope
-from mailgate.store.database import Database, insert_ignoring_duplicates
+from mailgate.store.database import PIPELINED, Database, insert_ignoring_duplicates
 from mailgate.store.keyring import Keyring
 from mailgate.store.schema import blob_data, blobs
 from mailgate.store.types import utcnow
@@ -122,10 +122,11 @@ class BlobStore:
                 {"id": s.ref.id, "size": s.ref.size, "key_id": s.key_id, "location": s.location, "created_at": at}
                 for s in unique.values()
             ],
+            execution_options=PIPELINED,
         )
         inline = [{"id": s.ref.id, "data": s.sealed} for s in unique.values() if s.sealed is not None]
         if inline:
-            await conn.execute(insert_ignoring_duplicates(conn, blob_data), inline)
+            await conn.execute(insert_ignoring_duplicates(conn, blob_data), inline, execution_options=PIPELINED)
 
     async def store_in(self, conn: AsyncConnection, staged: StagedBlob) -> BlobRef:
         """Record a staged blob inside the caller's transaction (a no-op if the same content exists)."""

@@ -7,8 +7,6 @@ read-then-write transaction never fails half-way with SQLITE_BUSY. PostgreSQL: a
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -23,12 +21,15 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.util import await_only
 
 from mailgate.domain.errors import Unavailable
+from mailgate.store import sqlite_driver
 from mailgate.store.group_commit import GroupCommit
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Execution options for a write whose caller reads no row count and catches none of its errors:
+# on SQLite it is pipelined (sqlite_driver), its failure raised by the transaction's next awaited step.
+PIPELINED = {sqlite_driver.PIPELINE_OPTION: True}
 _READONLY = "mailgate_readonly"
 _EVENTS_FLAG = "mailgate.events_written"
 
@@ -48,13 +49,19 @@ class Database:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+            def connect() -> sqlite_driver.Connection:
+                args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+                return sqlite_driver.connect(*args, **kwargs, timeout=busy_timeout_ms / 1000)
+
             self.engine: AsyncEngine = create_async_engine(
-                url, connect_args={"timeout": busy_timeout_ms / 1000}, pool_size=pool_size, max_overflow=0
+                url, async_creator=connect, pool_size=pool_size, max_overflow=0
             )
             self._configure_sqlite(busy_timeout_ms)
         else:
             self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.batched = GroupCommit(self.write)
+        self.batched_read = GroupCommit(self.read, sizes=None)
 
     def _configure_sqlite(self, busy_timeout_ms: int) -> None:
         sync_engine = self.engine.sync_engine
@@ -72,12 +79,18 @@ class Database:
                 cursor.execute(f"PRAGMA {pragma}")
             cursor.close()
 
+        @event.listens_for(sync_engine, "before_cursor_execute")
+        def _on_execute(
+            _conn: Connection, cursor: Any, _sql: str, _params: Any, context: Any, _executemany: bool
+        ) -> None:
+            if context is not None and context.execution_options.get(sqlite_driver.PIPELINE_OPTION):
+                cursor._cursor.pipelined = True  # the adapter's cursor wraps the driver's
+
         @event.listens_for(sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            if conn.get_execution_options().get(_READONLY, False):
-                conn.exec_driver_sql("BEGIN")
-                return
-            _take_write_lock(conn, busy_timeout_ms / 1000)
+            driver: sqlite_driver.Connection = conn.connection.dbapi_connection._connection  # type: ignore[union-attr]
+            readonly = conn.get_execution_options().get(_READONLY, False)
+            driver.begin(immediate=not readonly, budget=busy_timeout_ms / 1000)
 
     def on_events_committed(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every commit that appended events (wakes long-polls at once)."""
@@ -163,30 +176,3 @@ def insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
     """INSERT that skips rows whose key exists (ON CONFLICT DO NOTHING), on either engine."""
     insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
     return insert(table).on_conflict_do_nothing()
-
-
-def _take_write_lock(conn: Connection, budget: float) -> None:
-    """BEGIN IMMEDIATE, waiting for another process's writer by polling every few milliseconds.
-
-    SQLite's own busy handler backs off up to 100 ms between tries; with two processes taking turns on
-    the write lock (an API node and a worker node on one file) most of the time went into those sleeps
-    while nobody held the lock. Here the wait is an asyncio sleep (the event loop keeps serving), short
-    enough to take the lock soon after it is released, for at most the configured busy timeout.
-    """
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    deadline = time.monotonic() + budget
-    pause = 0.0005
-    try:
-        while True:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except Exception as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
-            await_only(asyncio.sleep(pause))
-            pause = min(pause * 2, 0.004)
-    finally:
-        cursor.close()

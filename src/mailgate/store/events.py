@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.domain.records import Event
-from mailgate.store.database import Database
+from mailgate.store.database import PIPELINED, Database
 from mailgate.store.schema import events
 from mailgate.store.types import utcnow
 
@@ -42,7 +42,7 @@ async def append_many(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> 
     if conn.dialect.name == "postgresql":
         await conn.execute(text(f"SELECT pg_advisory_xact_lock({_APPEND_LOCK})"))
     at = utcnow()
-    await conn.execute(events.insert(), [{"at": at, **row} for row in rows])
+    await conn.execute(events.insert(), [{"at": at, **row} for row in rows], execution_options=PIPELINED)
     Database.mark_events_written(conn)
 
 

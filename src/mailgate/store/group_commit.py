@@ -10,6 +10,9 @@ A statement costs far more than its rows (a thread hop and a compile, about half
 the hottest writes go further: ``run_bulk`` hands every pending item of one kind to a single function
 that writes them all with multi-row statements. That function answers each item separately (a result
 or an exception), so one bad item does not fail the others.
+
+Begun with read-only transactions, the same gathering serves lookups: concurrent callers' questions of
+one kind are answered by one query.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
+from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.observability.metrics import GROUP_COMMIT_SIZE
@@ -30,8 +34,15 @@ Bulk = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
 
 class GroupCommit:
-    def __init__(self, begin: Callable[[], AbstractAsyncContextManager[AsyncConnection]], max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        begin: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
+        max_batch: int = 500,
+        *,
+        sizes: Histogram | None = GROUP_COMMIT_SIZE,
+    ) -> None:
         self._begin = begin
+        self._sizes = sizes
         self._max_batch = max_batch
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._bulk: dict[Bulk, list[tuple[Any, asyncio.Future[Any]]]] = {}
@@ -70,14 +81,21 @@ class GroupCommit:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             async with self._begin() as conn:
-                for work, future in batch:
-                    if future.cancelled():
-                        continue
-                    try:
-                        async with conn.begin_nested():
-                            outcomes.append((future, await work(conn), None))
-                    except Exception as exc:
-                        outcomes.append((future, None, exc))
+                if len(batch) == 1:  # alone in its transaction, a failure rolls back only its own rows anyway
+                    work, future = batch[0]
+                    if not future.cancelled():
+                        outcomes.append((future, await work(conn), None))
+                else:
+                    for work, future in batch:
+                        if future.cancelled():
+                            continue
+                        try:
+                            async with conn.begin_nested():
+                                result = await work(conn)
+                        except Exception as exc:  # raised by the work or by the release of its savepoint
+                            outcomes.append((future, None, exc))
+                        else:
+                            outcomes.append((future, result, None))
         except BaseException as exc:  # the commit failed: nobody's rows are stored
             for _, future in batch:
                 if not future.done():
@@ -85,7 +103,8 @@ class GroupCommit:
             if not isinstance(exc, Exception):
                 raise
             return
-        GROUP_COMMIT_SIZE.observe(len(batch))
+        if self._sizes is not None:
+            self._sizes.observe(len(batch))
         for future, result, error in outcomes:
             if future.done():
                 continue

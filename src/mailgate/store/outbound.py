@@ -29,7 +29,7 @@ from mailgate.domain.outbound import (
     RouteSpec,
     Suppression,
 )
-from mailgate.store.database import insert_ignoring_duplicates
+from mailgate.store.database import PIPELINED, insert_ignoring_duplicates
 from mailgate.store.keyring import Keyring
 from mailgate.store.schema import (
     attempts,
@@ -154,7 +154,7 @@ async def insert_messages(conn: AsyncConnection, keyring: Keyring, records: Sequ
         for message in records
     ]
     if rows:
-        await conn.execute(messages.insert(), rows)
+        await conn.execute(messages.insert(), rows, execution_options=PIPELINED)
 
 
 async def get_message(conn: AsyncConnection, keyring: Keyring, ident: str) -> MessageRecord | None:
@@ -220,7 +220,7 @@ async def insert_deliveries(conn: AsyncConnection, rows: Iterable[DeliveryRecord
         for d in rows
     ]
     if values:
-        await conn.execute(deliveries.insert(), values)
+        await conn.execute(deliveries.insert(), values, execution_options=PIPELINED)
 
 
 async def get_delivery(conn: AsyncConnection, delivery_id: str) -> DeliveryRecord | None:
@@ -348,6 +348,7 @@ async def record_attempts(conn: AsyncConnection, results: Sequence[AttemptResult
             }
             for r in results
         ],
+        execution_options=PIPELINED,
     )
     await conn.execute(
         attempts.insert(),
@@ -362,6 +363,7 @@ async def record_attempts(conn: AsyncConnection, results: Sequence[AttemptResult
             }
             for r in results
         ],
+        execution_options=PIPELINED,
     )
 
 
