@@ -110,10 +110,11 @@ class _Accept:
     staged: list[StagedBlob]
     idempotency: tuple[str, str] | None
     batch: bool
+    suppressed: set[str]  # suppression keys among the recipients
 
 
 def _rows(
-    tenant_id: str, item: _Outgoing, blob: BlobRef, suppressed: set[tuple[str, str]], now: datetime
+    tenant_id: str, item: _Outgoing, blob: BlobRef, suppressed: set[str], now: datetime
 ) -> tuple[MessageRecord, list[DeliveryRecord]]:
     message = MessageRecord(
         id="msg_" + secrets.token_hex(10),
@@ -136,9 +137,7 @@ def _rows(
             tenant_id=tenant_id,
             recipient=rcpt,
             domain=rcpt.rpartition("@")[2],
-            status=DeliveryStatus.SUPPRESSED
-            if (tenant_id, suppression_key(rcpt)) in suppressed
-            else DeliveryStatus.QUEUED,
+            status=DeliveryStatus.SUPPRESSED if suppression_key(rcpt) in suppressed else DeliveryStatus.QUEUED,
             attempts=0,
             next_attempt_at=due,
             created_at=now,
@@ -358,10 +357,25 @@ class OutboundService:
         handful of multi-row statements for all of them.
         """
         staged = [await self._blobs.stage(item.raw) for item in items]
-        accept = _Accept(tenant_id, list(items), staged, idempotency, batch)
+        keys = {suppression_key(r) for item in items for r in item.recipients}
+        suppressed: set[str] = await self._db.batched_read.run_bulk(self._suppressed_all, (tenant_id, keys))
+        accept = _Accept(tenant_id, list(items), staged, idempotency, batch, suppressed)
         response: dict[str, Any] = await self._db.batched.run_bulk(self._accept_all, accept)
         self.wake()
         return response
+
+    async def _suppressed_all(self, conn: AsyncConnection, asks: list[tuple[str, set[str]]]) -> list[set[str]]:
+        """Which of each caller's recipients are suppressed, one query per tenant for all concurrent callers.
+
+        Read before, not inside, the accepting transaction, so that on SQLite the write lock is held only
+        while the rows are written. A suppression added in between applies from the next send on, as it
+        would had it come a moment later: nothing that adds suppressions reads the queue, so the outcome is
+        the same as with the accept first."""
+        wanted: dict[str, set[str]] = {}
+        for tenant_id, keys in asks:
+            wanted.setdefault(tenant_id, set()).update(keys)
+        found = {t: await repo.suppressed_among(conn, t, sorted(keys)) for t, keys in wanted.items()}
+        return [keys & found[tenant_id] for tenant_id, keys in asks]
 
     async def _accept_all(self, conn: AsyncConnection, accepts: list[_Accept]) -> list[dict[str, Any] | Exception]:
         now = utcnow()
@@ -389,15 +403,6 @@ class OutboundService:
             else:
                 results[i] = seen[1]
         live = [i for i, r in enumerate(results) if r is None and i not in same_as]
-        wanted: dict[str, set[str]] = {}
-        for i in live:
-            wanted.setdefault(accepts[i].tenant_id, set()).update(
-                suppression_key(r) for item in accepts[i].items for r in item.recipients
-            )
-        suppressed: set[tuple[str, str]] = set()
-        for tenant_id, keys in wanted.items():
-            suppressed.update((tenant_id, k) for k in await repo.suppressed_among(conn, tenant_id, sorted(keys)))
-        await self._blobs.store_many(conn, [blob for i in live for blob in accepts[i].staged])
         message_rows: list[MessageRecord] = []
         delivery_rows: list[DeliveryRecord] = []
         event_rows: list[tuple[EventType, str | None, str | None, dict[str, Any]]] = []
@@ -405,7 +410,7 @@ class OutboundService:
             accept = accepts[i]
             answers = []
             for item, blob in zip(accept.items, accept.staged, strict=True):
-                message, records = _rows(accept.tenant_id, item, blob.ref, suppressed, now)
+                message, records = _rows(accept.tenant_id, item, blob.ref, accept.suppressed, now)
                 message_rows.append(message)
                 delivery_rows.extend(records)
                 common = {"message_id": message.id, "tags": item.tags, "metadata": item.meta}
@@ -425,6 +430,7 @@ class OutboundService:
                     }
                 )
             results[i] = {"messages": answers} if accept.batch else answers[0]
+        await self._blobs.store_many(conn, [blob for i in live for blob in accepts[i].staged])
         await repo.insert_messages(conn, self._keyring, message_rows)
         await repo.insert_deliveries(conn, delivery_rows)
         await self._admin.emit_many_in(conn, event_rows)
