@@ -622,3 +622,30 @@ def test_the_seven_bit_text_path_writes_what_the_stdlib_would(text: str) -> None
     stdlib = MIMEPart(policy=module._POLICY)
     stdlib.set_content(text, subtype="plain", cte="quoted-printable" if "\x00" in text else None)
     assert fast.as_bytes() == stdlib.as_bytes()
+
+
+@given(
+    subject=_header_text,
+    name=_header_text,
+    local=st.sampled_from(["rcpt", "émile"]),
+    text=st.text(alphabet=st.characters(max_codepoint=127, exclude_characters="\x00"), min_size=1, max_size=400),
+)
+def test_a_plain_text_message_is_written_as_the_stdlib_would(subject: str, name: str, local: str, text: str) -> None:
+    """A 7bit text/plain message skips building an EmailMessage; its bytes must not change because of it."""
+    from mailgate.mime import compose as module
+    from mailgate.mime.headers import address_header, text_header
+
+    rcpt = Address(name, local, "example.org")
+    headers = [address_header("To", [rcpt]), text_header("Subject", subject), module._MIME_VERSION]
+    seven_bit = module._seven_bit_body(text)
+    if seven_bit is None:  # a line over 78 octets: compose takes the stdlib path for it
+        return
+    body = module._text_part(text, "plain")
+    utf8 = rcpt.needs_smtputf8
+    assert module._render_plain(headers, seven_bit, utf8=utf8) == module._render(headers, body, utf8=utf8)
+
+
+def test_the_date_line_keeps_the_given_offset() -> None:
+    when = datetime(2026, 12, 3, 9, 30, 5, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    raw, _ = compose(draft(date=when), message_id_domain=DOMAIN)
+    assert b"\r\nDate: Thu, 03 Dec 2026 09:30:05 -0500\r\n" in raw

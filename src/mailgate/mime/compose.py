@@ -13,11 +13,12 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email import policy as email_policy
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime
+from functools import lru_cache
 
 from mailgate.domain.address import Address, canonical_domain
 from mailgate.domain.errors import InvalidInput
@@ -133,22 +134,45 @@ def compose(draft: Draft, *, message_id_domain: str) -> tuple[bytes, str]:
     if draft.reply_to:
         headers.append(address_header("Reply-To", draft.reply_to))
     headers.append(text_header("Subject", subject))
-    headers.append(verbatim_header("Date", format_datetime(date)))
+    headers.append(_date_header(int(date.timestamp()), date.utcoffset()))
     headers.append(verbatim_header("Message-ID", message_id))
     headers.extend(verbatim_header(name, value) for name, value in extra)
+    headers.append(_MIME_VERSION)
 
+    utf8 = any(a.needs_smtputf8 for a in [draft.from_, *draft.to, *draft.cc, *draft.reply_to])
+    seven_bit = _seven_bit_body(text) if text is not None and html is None and not parts else None
+    if seven_bit is not None:
+        return _render_plain(headers, seven_bit, utf8=utf8), message_id
+    return _render(headers, _body(text, html, parts), utf8=utf8), message_id
+
+
+_MIME_VERSION = RawHeader("MIME-Version", ["MIME-Version: 1.0"])
+_PLAIN_7BIT = ['Content-Type: text/plain; charset="utf-8"', "Content-Transfer-Encoding: 7bit"]
+
+
+@lru_cache(maxsize=8)
+def _date_header(timestamp: int, offset: timedelta | None) -> RawHeader:
+    """The Date line, made once per second (``format_datetime`` is a tenth of composing a message)."""
+    when = datetime.fromtimestamp(timestamp, timezone(offset or timedelta(0)))
+    return verbatim_header("Date", format_datetime(when))
+
+
+def _render(headers: Sequence[RawHeader], body: MIMEPart, *, utf8: bool) -> bytes:
     message = EmailMessage(policy=_POLICY)
     for header in headers:
         message[header.name] = header
-    message["MIME-Version"] = "1.0"
-    body = _body(text, html, parts)
     for name, value in body.raw_items():
         message[name] = value
     message.set_payload(body.get_payload())
+    return message.as_bytes(policy=_POLICY_UTF8 if utf8 else _POLICY)
 
-    in_headers = [draft.from_, *draft.to, *draft.cc, *draft.reply_to]
-    policy = _POLICY_UTF8 if any(a.needs_smtputf8 for a in in_headers) else _POLICY
-    return message.as_bytes(policy=policy), message_id
+
+def _render_plain(headers: Sequence[RawHeader], seven_bit: str, *, utf8: bool) -> bytes:
+    """What ``_render`` writes for one 7bit text/plain body, without building the message: for such a
+    message the generator only joins the lines, and it was half the cost of composing one."""
+    lines = [line for header in headers for line in header.lines]
+    head = "\r\n".join([*lines, *_PLAIN_7BIT, "", ""])
+    return (head + seven_bit).encode("utf-8" if utf8 else "ascii", "surrogateescape")
 
 
 def html_to_text(html: str) -> str:
