@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+NOISY_LOGGERS = ("uvicorn.access", "sqlalchemy.engine", "alembic.runtime.migration", "mail.log")
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
@@ -55,7 +56,9 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(threshold)
-    for noisy in ("uvicorn.access", "sqlalchemy.engine", "alembic.runtime.migration"):
+    # per-request and per-statement lines that mailgate logs better itself; "mail.log" is aiosmtpd's,
+    # which writes every SMTP command of every session (a fifth of a submission's cost)
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.error").propagate = True
 
