@@ -10,6 +10,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from mailgate.connectors.smtp_client import Response, SmtpClient, auth_plain
 from mailgate.domain.tenancy import SYSTEM as SYSTEM_PRINCIPAL
 from mailgate.domain.tenancy import Principal, Scope
 from mailgate.testing.smtp_sink import SmtpSink
@@ -314,3 +315,47 @@ async def test_database_loss_answers_451_and_nothing_is_acknowledged(tmp_path: P
         stop.set()
         await asyncio.wait_for(task, 10)
         await gw.close()
+
+
+async def test_pipelined_commands_are_answered_in_order(node: Node, sinks: list[SmtpSink]) -> None:
+    """RFC 2920: MAIL, the RCPTs and DATA in one write get one reply each, in order; a refused recipient
+    is left out and the message goes to the others."""
+    key = await setup_tenant(node, sinks)
+    user, password = await _credentials(node, key)
+    client, greeting = await SmtpClient.connect("127.0.0.1", node.submission_port, reply_timeout=10)
+    try:
+        assert greeting.code == 220
+        await client.ehlo("client.test")
+        assert (await client.starttls(_no_verify(), "127.0.0.1")).code == 220
+        assert (await client.ehlo("client.test")).code == 250 and client.supports("PIPELINING")
+        assert (await client.command(b"AUTH PLAIN " + auth_plain(user, password), "AUTH")).code == 235
+        replies: list[Response] = []
+        lines = [b"MAIL FROM:<app@acme.test>", b"RCPT TO:<user@example.net>", b"RCPT TO:<not an address>"]
+        await client.pipeline([*lines, b"RCPT TO:<other@example.net>", b"DATA"], replies, "pipelined")
+        assert [r.code for r in replies] == [250, 250, 553, 250, 354]
+        queued = await client.send_content(MESSAGE.replace(b"X-Mailgate-Idempotency-Key: job-42\r\n", b""))
+        assert queued.code == 250 and "queued as msg_" in queued.text
+    finally:
+        await client.quit(1.0)
+    await sinks[0].wait_for(1, timeout=20)
+    assert sorted(r for m in sinks[0].messages for r in m.rcpt_tos) == ["other@example.net", "user@example.net"]
+
+
+async def test_commands_sent_along_with_starttls_are_not_run_after_it(node: Node, sinks: list[SmtpSink]) -> None:
+    """Plaintext that follows STARTTLS in the same write (an attacker's injection, CVE-2011-0411) must
+    not be taken as if it had come over TLS."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.submission_port)
+    try:
+        await reader.readuntil(b"\r\n")
+        writer.write(b"EHLO client.test\r\n")
+        while not (await reader.readuntil(b"\r\n")).startswith(b"250 "):
+            pass
+        writer.write(b"STARTTLS\r\nNOOP injected\r\n")
+        assert (await reader.readuntil(b"\r\n")).startswith(b"220")
+        await writer.start_tls(_no_verify(), server_hostname="127.0.0.1")
+        writer.write(b"NOOP over tls\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).startswith(b"250")
+        writer.write(b"QUIT\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).startswith(b"221")  # not a second 250
+    finally:
+        writer.close()
