@@ -55,7 +55,7 @@ class Connection(aiosqlite.Connection):
         if self._begun is not None:  # nothing ran: there is no transaction to end
             self._begun = None
         elif self._reading:  # a read-only transaction: its end cannot fail and nobody waits for it
-            self._queue(self._end_reading, "COMMIT")
+            self._queue(self._conn.commit, "COMMIT")
         elif self._active:
             await self._call(self._settled, self._conn.commit)
         self._active = self._reading = False
@@ -117,15 +117,7 @@ class Connection(aiosqlite.Connection):
     def _run(self, sql: str, parameters: Any, many: bool) -> None:
         _statement(self._conn, sql, parameters, many).close()
 
-    def _end_reading(self) -> None:
-        try:
-            self._conn.commit()
-        except sqlite3.Error:
-            self._conn.rollback()
-
     def _begin(self, immediate: bool, deadline: float) -> None:
-        if self._conn.in_transaction:  # left open by a failure nobody waited for
-            self._conn.rollback()
         if not immediate:
             self._conn.execute("BEGIN").close()
             return
