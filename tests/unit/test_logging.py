@@ -40,3 +40,14 @@ def test_own_and_stdlib_lines_are_json_and_library_chatter_is_dropped(capsys: py
     ]
     assert lines[0]["message_id"] == "m1" and all(line["request_id"] == "req-1" for line in lines)
     assert all(line["timestamp"].endswith("Z") for line in lines)
+
+
+def test_a_logger_made_before_configuration_follows_it(capsys: pytest.CaptureFixture[str]) -> None:
+    early = get_logger("mailgate.early")  # as modules do at import, before `serve` configures logging
+    configure_logging("json", "warning")
+    early.info("below the level")
+    early.warning("shown", n=1)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = [json.loads(x) for x in captured.err.splitlines()]
+    assert (line["logger"], line["event"], line["level"], line["n"]) == ("mailgate.early", "shown", "warning", 1)

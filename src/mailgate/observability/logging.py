@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import MutableMapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -42,8 +42,8 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     )
     threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[*shared, *rendering],
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+        processors=[_add_logger_name, *shared, *rendering],
+        logger_factory=_writer,
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         cache_logger_on_first_use=True,
     )
@@ -64,6 +64,27 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    """A logger whose lines say ``"logger": name``, as the standard library's do."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    """A logger whose lines say ``"logger": name``, as the standard library's do. It stays a lazy
+    proxy until its first line: modules make theirs at import, before ``configure_logging`` runs, and a
+    logger bound then would keep structlog's defaults (debug level, console lines on stdout)."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
+
+
+class _NamedWriteLogger(structlog.WriteLogger):
+    """structlog's plain writer, remembering the name ``get_logger`` gave (its factory argument)."""
+
+    def __init__(self, file: TextIO, name: str | None) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+def _writer(*args: Any) -> _NamedWriteLogger:
+    return _NamedWriteLogger(sys.stderr, args[0] if args and isinstance(args[0], str) else None)
+
+
+def _add_logger_name(logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    name = getattr(logger, "name", None)
+    if name:
+        event.setdefault("logger", name)
+    return event
