@@ -615,3 +615,30 @@ def test_dns_server_in_a_thread_for_synchronous_callers() -> None:
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [dns.nameserver.Do53Nameserver(server.host, server.port)]
         assert [r.to_text() for r in resolver.resolve("sync.test", "A")] == ["127.0.0.9"]
+
+
+async def test_the_answer_cache_keeps_answers_for_their_ttl_and_negatives_only_with_an_soa() -> None:
+    async with DnsServer(ttl=1, negative_ttl=1) as dns:
+        dns.add("cached.test", "TXT", "v=spf1 -all")
+        resolver = DnsResolver(dns.servers, cache_size=10)
+        for _ in range(3):
+            assert await resolver.txt("cached.test") == ["v=spf1 -all"]
+            with pytest.raises(NoSuchDomain):
+                await resolver.txt("gone.test")
+        assert dns.queries == [("cached.test", "TXT"), ("gone.test", "TXT")]
+        dns.add("gone.test", "TXT", "now here")
+        await asyncio.sleep(1.1)  # both TTLs run out
+        assert await resolver.txt("gone.test") == ["now here"]
+        assert await resolver.txt("cached.test") == ["v=spf1 -all"]
+        assert len(dns.queries) == 4
+    async with DnsServer() as bare:  # negative answers without an SOA: never kept
+        resolver = DnsResolver(bare.servers, cache_size=10)
+        for _ in range(2):
+            with pytest.raises(NoSuchDomain):
+                await resolver.txt("gone.test")
+        assert len(bare.queries) == 2
+        uncached = DnsResolver(bare.servers)
+        bare.add("kept.test", "TXT", "x")
+        await uncached.txt("kept.test")
+        await uncached.txt("kept.test")
+        assert bare.queries[-2:] == [("kept.test", "TXT")] * 2

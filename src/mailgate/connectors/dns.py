@@ -1,5 +1,6 @@
 """A small async DNS facade on dnspython for everything mail needs to look up: MX (with the RFC 5321
-§5.1 and RFC 7505 rules), addresses and TXT (MTA-STS now; SPF, DKIM and DMARC when receiving).
+§5.1 and RFC 7505 rules), addresses, PTR and TXT (MTA-STS when sending; SPF, DKIM, ARC and DMARC
+when receiving).
 
 Callers get plain values or one of three exceptions, never a dnspython type: permanent answers
 (the name does not exist, or is not a valid name) are told apart from failures to get an answer at
@@ -10,16 +11,21 @@ but has no records of this type" (NODATA), which most callers read as "none".
 from __future__ import annotations
 
 import ipaddress
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+import dns.reversename
 from dns.rdtypes.ANY.MX import MX
+from dns.rdtypes.ANY.PTR import PTR
 from dns.rdtypes.ANY.TXT import TXT
 
 from mailgate.domain.errors import ConfigurationError
@@ -27,6 +33,7 @@ from mailgate.domain.errors import ConfigurationError
 # The probe ``reachable`` sends: every recursive resolver answers the root zone from its cache.
 _PROBE_NAME = dns.name.root
 _PROBE_TIMEOUT = 2.0
+MAX_CACHE_TTL = 3600.0  # seconds: a record changed upstream is seen within the hour whatever its TTL
 
 
 class DnsError(Exception):
@@ -74,12 +81,15 @@ def _host_text(name: dns.name.Name) -> str:
 class DnsResolver:
     """``servers`` are (IP address, port) pairs; empty or None reads the system's resolv.conf.
 
-    ``timeout`` bounds one lookup with every retry and server included. There is no cache here: the
-    recursive resolver already has one, and a second one would make tests that change their zone
-    between steps lie.
+    ``timeout`` bounds one lookup with every retry and server included. ``cache_size`` > 0 keeps that
+    many answers for their TTL (``_AnswerCache``): the sender checks of received mail ask the same few
+    names for every message from one sender, and each round trip costs more in dnspython than the
+    check itself. Sending needs none (the recursive resolver has its own), so it is off by default.
     """
 
-    def __init__(self, servers: Sequence[tuple[str, int]] | None = None, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, servers: Sequence[tuple[str, int]] | None = None, *, timeout: float = 5.0, cache_size: int = 0
+    ) -> None:
         if not timeout > 0:
             raise ConfigurationError("dns timeout must be positive")
         try:
@@ -93,6 +103,7 @@ class DnsResolver:
         resolver.lifetime = timeout
         resolver.timeout = min(timeout, 2.0)  # per query to one server: a lost UDP packet costs at most this
         resolver.use_edns(0, 0, 1232)  # DKIM keys and SPF records outgrow 512 octets; 1232 avoids fragments
+        self._cache = _AnswerCache(cache_size) if cache_size > 0 else None
         self._resolver = resolver
         self.timeout = timeout
 
@@ -123,20 +134,44 @@ class DnsResolver:
         NoSuchDomain only when neither lookup found the name."""
         found: list[str] = []
         missing: NoSuchDomain | None = None
-        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        for lookup in (self.ipv4, self.ipv6):
             try:
-                found += [r.to_text() for r in await self._query(host, rdtype)]
+                found += await lookup(host)
             except NoSuchDomain as exc:
                 missing = exc
         if missing is not None and not found:
             raise missing
         return found
 
+    async def ipv4(self, host: str) -> list[str]:
+        """The A records alone: SPF's ``a``, ``mx`` and ``exists`` ask for one family at a time."""
+        return [r.to_text() for r in await self._query(host, dns.rdatatype.A)]
+
+    async def ipv6(self, host: str) -> list[str]:
+        """The AAAA records alone, in dnspython's compressed text form."""
+        return [r.to_text() for r in await self._query(host, dns.rdatatype.AAAA)]
+
+    async def ptr(self, address: str) -> list[str]:
+        """The names an IP address points back to (lower case, no trailing dot), for SPF's ``ptr`` and
+        ``%{p}`` and for naming an SMTP client. Unverified: whoever controls the address's reverse zone
+        writes them, so a caller must look each name up forward before believing it."""
+        try:
+            reverse = dns.reversename.from_address(address.strip("[]"))
+        except (ValueError, dns.exception.SyntaxError):
+            raise NoSuchDomain(f"{address!r} is not an IP address") from None
+        answer = await self._query(reverse.to_text(), dns.rdatatype.PTR)
+        return [_host_text(r.target) for r in answer if isinstance(r, PTR)]
+
     async def txt(self, name: str) -> list[str]:
         """Each record's character-strings joined without separators (RFC 7208 §3.3, RFC 6376 §3.6.2.2);
         bytes that are not UTF-8 are replaced, as no mail TXT record is meant to carry them."""
+        return [record.decode("utf-8", "replace") for record in await self.txt_bytes(name)]
+
+    async def txt_bytes(self, name: str) -> list[bytes]:
+        """As ``txt`` but undecoded, for checkers that must judge the bytes themselves: an SPF record
+        with a non-ASCII octet is a permerror, not a record with a replacement character in it."""
         answer = await self._query(name, dns.rdatatype.TXT)
-        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer if isinstance(r, TXT)]
+        return [b"".join(r.strings) for r in answer if isinstance(r, TXT)]
 
     async def reachable(self) -> bool:
         """Whether the configured resolvers answer at all: tells "this domain's DNS is broken" from
@@ -157,18 +192,67 @@ class DnsResolver:
         return True
 
     async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer:
+        key = (name.rstrip(".").lower(), int(rdtype))
+        if self._cache is not None and (hit := self._cache.get(key)) is not None:
+            if isinstance(hit, str):
+                raise NoSuchDomain(hit)
+            return hit
         qname = _name(name)
         what = f"{dns.rdatatype.to_text(rdtype)} {_host_text(qname)}"
         try:
-            return await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False, search=False)
-        except dns.resolver.NXDOMAIN:
-            raise NoSuchDomain(f"{_host_text(qname)} does not exist (NXDOMAIN)") from None
+            answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False, search=False)
+        except dns.resolver.NXDOMAIN as exc:
+            reason = f"{_host_text(qname)} does not exist (NXDOMAIN)"
+            if self._cache is not None:
+                self._cache.put(key, reason, _negative_ttl((exc.kwargs.get("responses") or {}).get(qname)))
+            raise NoSuchDomain(reason) from None
         except dns.resolver.LifetimeTimeout:
             raise DnsTemporaryFailure(f"DNS lookup of {what} timed out after {self.timeout:g}s") from None
         except dns.resolver.NoNameservers as exc:
             raise DnsTemporaryFailure(f"DNS lookup of {what} failed: {_server_errors(exc)}") from None
         except dns.exception.DNSException as exc:  # YXDOMAIN, malformed answers
             raise DnsTemporaryFailure(f"DNS lookup of {what} failed: {exc}") from None
+        if self._cache is not None:
+            ttl = answer.expiration - time.time() if answer.rrset is not None else _negative_ttl(answer.response)
+            self._cache.put(key, answer, ttl)
+        return answer
+
+
+class _AnswerCache:
+    """Answers (and "no such domain") by (name, type), each until its TTL runs out and never longer than
+    ``MAX_CACHE_TTL``; the least recently stored go first when it is full. It sits in front of
+    dnspython rather than in it: a hit there still parses the name and builds a resolution, which was a
+    fifth of the work of receiving a message. A negative answer is kept only when its SOA gives it a
+    negative TTL (RFC 2308 5)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, int], tuple[float, dns.resolver.Answer | str]] = OrderedDict()
+
+    def get(self, key: tuple[str, int]) -> dns.resolver.Answer | str | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: tuple[str, int], value: dns.resolver.Answer | str, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self._entries.pop(key, None)
+        self._entries[key] = (time.monotonic() + min(ttl, MAX_CACHE_TTL), value)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+def _negative_ttl(response: dns.message.Message | None) -> float:
+    """RFC 2308 5: the lesser of the SOA's own TTL and its MINIMUM; 0 (do not keep) without an SOA."""
+    for rrset in response.authority if response is not None else ():
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return float(min(rrset.ttl, *(r.minimum for r in rrset)))
+    return 0.0
 
 
 def _name(text: str) -> dns.name.Name:

@@ -60,7 +60,10 @@ def _escape(octet: int) -> str:
 
 
 class DnsServer:
-    """``zone`` maps a name to {type: value or values}; ``ttl`` is every record's TTL."""
+    """``zone`` maps a name to {type: value or values}; ``ttl`` is every record's TTL. With
+    ``negative_ttl`` > 0 a negative answer (NXDOMAIN, or a name without the type asked) carries an SOA
+    saying so, as real servers' do, and caching resolvers keep it that long; 0 (the default) leaves the
+    SOA out, so nothing is cached negatively and a test may add a record it just found missing."""
 
     def __init__(
         self,
@@ -69,10 +72,12 @@ class DnsServer:
         host: str = "127.0.0.1",
         port: int = 0,
         ttl: int = 60,
+        negative_ttl: int = 0,
     ) -> None:
         self.host = host
         self.port = port
         self.ttl = ttl
+        self.negative_ttl = negative_ttl
         self.queries: list[tuple[str, str]] = []
         """(name, type) of every question received, lower case without the final dot."""
         self._records: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], dns.rrset.RRset] = {}
@@ -154,11 +159,23 @@ class DnsServer:
             rrset = self._records.get((name, kind))
             if rrset is not None:
                 response.answer.append(rrset)
-            elif not self._exists(name):
+                return response
+            if not self._exists(name):
                 response.set_rcode(dns.rcode.NXDOMAIN)
+            if self.negative_ttl > 0:
+                response.authority.append(self._soa(name))
             return response
         response.set_rcode(dns.rcode.SERVFAIL)  # a CNAME loop
         return response
+
+    def _soa(self, name: dns.name.Name) -> dns.rrset.RRset:
+        """The SOA of a negative answer: owned by the name's top two labels, as if each test domain
+        were a zone of its own; its MINIMUM is the negative TTL (RFC 2308 4)."""
+        zone = dns.name.Name(name.labels[-3:]) if len(name.labels) > 3 else name
+        text = f"ns.{zone.to_text()} hostmaster.{zone.to_text()} 1 3600 600 86400 {self.negative_ttl}"
+        soa = dns.rrset.RRset(zone, dns.rdataclass.IN, dns.rdatatype.SOA)
+        soa.add(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SOA, text), self.negative_ttl)
+        return soa
 
     def _reply_bytes(self, data: bytes, *, udp: bool) -> bytes | None:
         try:
