@@ -70,3 +70,23 @@ QUEUE_DEPTH = Gauge(
     ["status"],
     registry=REGISTRY,
 )
+SMTP_CONNECTIONS = Counter(
+    "mailgate_smtp_connections_total",
+    "SMTP connections by listener (mx, submission) and outcome: accepted, or refused at connect with 421 "
+    "because the listener's per-address (limit_per_ip) or overall (limit_total) limit was reached.",
+    ["listener", "outcome"],
+    registry=REGISTRY,
+)
+MX_RECIPIENTS = Counter(
+    "mailgate_mx_recipients_total",
+    "MX RCPT outcomes (accepted, refused, deferred, too_many, error) and the enhanced status code answered.",
+    ["outcome", "status"],
+    registry=REGISTRY,
+)
+MX_MESSAGES = Counter(
+    "mailgate_mx_messages_total",
+    "MX messages after DATA: accepted, refused (5xx, e.g. 5.7.1 spam), deferred (4xx), error (the inbound "
+    "service raised or timed out), with the enhanced status code answered.",
+    ["outcome", "status"],
+    registry=REGISTRY,
+)

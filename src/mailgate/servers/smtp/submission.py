@@ -9,6 +9,7 @@ plaintext AUTH is configured.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import warnings
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from mailgate.domain.errors import (
 from mailgate.domain.tenancy import Principal
 from mailgate.observability.logging import get_logger
 from mailgate.observability.metrics import SUBMISSIONS
+from mailgate.servers.smtp._common import ListenerHandler, ListenerSMTP, serve
 
 log = get_logger("mailgate.submission")
 
@@ -49,7 +51,7 @@ class SubmissionOptions:
     timeout: float = 300.0
 
 
-class SubmissionHandler:
+class SubmissionHandler(ListenerHandler):
     """The aiosmtpd handler: one per listener, shared by its connections."""
 
     def __init__(self, send_raw: SendRaw, authenticate: Authenticate, options: SubmissionOptions) -> None:
@@ -65,7 +67,7 @@ class SubmissionHandler:
             principal = await self._authenticate(login.decode("utf-8"), password.decode("utf-8"))
         except (AuthenticationFailed, UnicodeDecodeError):
             server.auth_failures += 1
-            log.warning("submission auth failed", peer=_peer(server.session), failures=server.auth_failures)
+            log.warning("submission auth failed", client_ip=server.client_ip, failures=server.auth_failures)
             SUBMISSIONS.labels("auth_failed").inc()
             if server.auth_failures >= MAX_AUTH_FAILURES:
                 await server.push("421 4.7.0 Too many failed authentications, closing connection")
@@ -77,23 +79,8 @@ class SubmissionHandler:
             return AuthResult(success=False, handled=False, message="454 4.7.0 Temporary authentication failure")
         return AuthResult(success=True, auth_data=principal)
 
-    async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
-    ) -> list[str]:
-        """Offer PIPELINING (RFC 2920): aiosmtpd reads commands in order from one buffered stream and
-        answers each in turn, which is all the extension asks of a server; a client may then send MAIL,
-        its RCPTs and DATA in one write, two round trips a message instead of four."""
-        session.host_name = hostname  # what aiosmtpd does itself when no hook is set
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
-
-    async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
-    ) -> str:
-        if address and not _valid(address):
-            return "553 5.1.7 Sender address is not valid"
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 Sender OK"
+    def refuse_sender(self, address: str) -> str | None:
+        return "553 5.1.7 Sender address is not valid" if address and not _valid(address) else None
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -106,7 +93,7 @@ class SubmissionHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: ListenerSMTP, session: Session, envelope: Envelope) -> str:
         principal = session.auth_data
         if not isinstance(principal, Principal):
             return "530 5.7.0 Authentication required"
@@ -121,7 +108,7 @@ class SubmissionHandler:
             )
         except Unavailable:
             SUBMISSIONS.labels("unavailable").inc()
-            log.error("submission not stored: database unavailable", peer=_peer(session))
+            log.error("submission not stored: database unavailable", client_ip=server.client_ip)
             return "451 4.3.0 Message not stored, try again later"
         except InvalidInput as exc:
             SUBMISSIONS.labels("refused").inc()
@@ -131,7 +118,7 @@ class SubmissionHandler:
             return f"550 5.7.1 {_one_line(exc.detail)}"
         except MailgateError as exc:
             SUBMISSIONS.labels("error").inc()
-            log.error("submission failed", error=exc.detail, peer=_peer(session))
+            log.error("submission failed", error=exc.detail, client_ip=server.client_ip)
             return "451 4.3.0 Message not stored, try again later"
         SUBMISSIONS.labels("accepted").inc()
         log.info(
@@ -140,10 +127,11 @@ class SubmissionHandler:
         return f"250 2.0.0 Ok: queued as {accepted['id']}"
 
 
-class SubmissionSMTP(SMTP):
+class SubmissionSMTP(ListenerSMTP):
     """aiosmtpd's server with asynchronous credential checks: its ``authenticator`` hook is synchronous,
     and an argon2 check or a database read must not stall every other connection."""
 
+    listener = "submission"
     event_handler: SubmissionHandler
 
     def __init__(self, handler: SubmissionHandler, *, implicit_tls: bool, **kwargs: Any) -> None:
@@ -166,31 +154,29 @@ def _capture(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
 
 async def start_submission(
     handler: SubmissionHandler,
-    sock: Any,
+    sock: socket.socket,
     *,
     tls_context: ssl.SSLContext,
     implicit_tls: bool,
 ) -> asyncio.AbstractServer:
     """Serve on an already bound socket: STARTTLS on a plain listener, TLS from the first byte on an
-    implicit one (port 465 style)."""
+    implicit one (port 465 style). ``timeout`` bounds both the idle time and the DATA phase."""
     options = handler.options
-    loop = asyncio.get_running_loop()
 
     def factory() -> SubmissionSMTP:
         return SubmissionSMTP(
             handler,
             implicit_tls=implicit_tls,
-            tls_context=None if implicit_tls else tls_context,
-            data_size_limit=options.max_message_size,
-            enable_SMTPUTF8=True,
             hostname=options.hostname,
-            ident="mailgate",
-            timeout=options.timeout,
+            max_message_size=options.max_message_size,
+            command_timeout=options.timeout,
+            data_timeout=options.timeout,
+            limits=None,
+            tls_context=None if implicit_tls else tls_context,
             auth_require_tls=not options.allow_plaintext_auth,
-            loop=loop,
         )
 
-    return await loop.create_server(factory, sock=sock, ssl=tls_context if implicit_tls else None)
+    return await serve(factory, sock, tls=tls_context if implicit_tls else None)
 
 
 def _valid(address: str) -> bool:
@@ -203,8 +189,3 @@ def _valid(address: str) -> bool:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:400]
-
-
-def _peer(session: Session | None) -> str:
-    peer = getattr(session, "peer", None)
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
