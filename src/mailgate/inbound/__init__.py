@@ -1,0 +1,1 @@
+"""Inbound: receive, authenticate, score, parse and store mail that arrives for mailgate."""
