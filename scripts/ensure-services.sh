@@ -85,3 +85,34 @@ else
   echo "ensure-services: Postfix is not installed; the Postfix tests will be skipped" >&2
   [ "${CI:-}" = "true" ] && exit 1
 fi
+
+# Spam engines, also only installed: the tests start private rspamd and spamd instances on free loopback
+# ports (mailgate.testing.rspamd, mailgate.testing.spamd); the system daemons stay off.
+spam_packages=(rspamd spamassassin spamd)
+spam_missing=()
+for pkg in "${spam_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || spam_missing+=("$pkg")
+done
+
+if [ "${#spam_missing[@]}" -gt 0 ]; then
+  echo "ensure-services: installing ${spam_missing[*]} (not started)"
+  if apt_install "${spam_missing[@]}"; then
+    for svc in rspamd spamd; do
+      if have systemctl; then
+        systemctl disable --quiet "$svc.service" >/dev/null 2>&1 || true
+        [ -d /run/systemd/system ] && systemctl stop "$svc.service" >/dev/null 2>&1 || true
+      elif [ -x "/etc/init.d/$svc" ]; then
+        "/etc/init.d/$svc" stop >/dev/null 2>&1 || true  # a postinst without policy-rc.d may have started it
+      fi
+    done
+  elif [ "${CI:-}" = "true" ]; then
+    exit 1
+  fi
+fi
+
+if command -v rspamd >/dev/null 2>&1 && [ -x /usr/sbin/spamd ]; then
+  echo "ensure-services: rspamd $(dpkg-query -W -f='${Version}' rspamd), spamd $(dpkg-query -W -f='${Version}' spamd) installed"
+else
+  echo "ensure-services: rspamd or spamd is not installed; the spam engine tests will be skipped" >&2
+  [ "${CI:-}" = "true" ] && exit 1
+fi
