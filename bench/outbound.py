@@ -27,7 +27,7 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -149,13 +149,18 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
 
 
-async def run_cli(*args: str, root: Path | None = None, timeout: float = 60.0) -> tuple[int, str]:  # noqa: ASYNC109
+async def run_cli(
+    *args: str,
+    root: Path | None = None,
+    timeout: float = 60.0,  # noqa: ASYNC109
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, str]:
     """``mailgate ARGS``: exit status and output (stdout and stderr); killed if it outlasts ``timeout``."""
     proc = await asyncio.create_subprocess_exec(
         *MAILGATE,
         *args,
         cwd=root,
-        env=clean_env(),
+        env={**clean_env(), **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
@@ -196,15 +201,29 @@ class Server:
         self._drain: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, root: Path, submission_port: int | None, roles: str) -> Server:
+    async def start(
+        cls,
+        root: Path,
+        submission_port: int | None,
+        roles: str,
+        *,
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Server:
+        """``extra`` are more ``serve`` options, ``env`` more environment (the bench's own settings)."""
         data_dir = root / "mailgate"
         argv = [*MAILGATE, "--data-dir", str(data_dir), "serve", "--http", f"127.0.0.1:{free_port()}"]
-        argv += ["--roles", roles]
+        argv += ["--roles", roles, *extra]
         if submission_port is not None:
             argv += ["--submission", f"127.0.0.1:{submission_port}"]
         log = (root / "serve.log").open("w")
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=root, env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True
+            *argv,
+            cwd=root,
+            env={**clean_env(), **(env or {})},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
         )
         server = cls(proc, log)
         try:

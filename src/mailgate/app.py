@@ -11,7 +11,7 @@ import contextlib
 import ipaddress
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,9 +29,15 @@ from mailgate.config import Settings, parse_hostport
 from mailgate.connectors.dns import DnsResolver
 from mailgate.connectors.registry import ConnectorFactory
 from mailgate.domain.errors import ConfigurationError, MailgateError
+from mailgate.domain.inbound import SpamThresholds
 from mailgate.domain.outbound import ConnectorSpec
 from mailgate.domain.records import EventType
 from mailgate.domain.tenancy import SYSTEM
+from mailgate.inbound.auth import SenderAuthenticator
+from mailgate.inbound.mail import MailService
+from mailgate.inbound.mailboxes import MailboxService
+from mailgate.inbound.service import InboundService
+from mailgate.inbound.spam import SpamScorer
 from mailgate.observability.logging import get_logger
 from mailgate.observability.metrics import BUILD_INFO, CONNECTOR_STATE, ROLE_UP
 from mailgate.outbound.bounces import BounceService
@@ -44,9 +50,11 @@ from mailgate.outbound.suppressions import SuppressionService
 from mailgate.outbound.templates import TemplateService
 from mailgate.outbound.verp import VerpCodec
 from mailgate.outbound.worker import DeliveryWorker, WorkerSettings
+from mailgate.security.blind_index import BlindIndex
 from mailgate.security.masterkeys import load_master_keys
 from mailgate.security.tls import TlsMaterial, ensure_tls
 from mailgate.servers.listen import bind_listener
+from mailgate.servers.smtp.mx import MxOptions, start_mx
 from mailgate.servers.smtp.submission import SubmissionHandler, SubmissionOptions, start_submission
 from mailgate.store.blobs import BlobStore
 from mailgate.store.database import Database
@@ -70,6 +78,10 @@ class Gateway:
     smtp_credentials: SmtpCredentials
     connectors: ConnectorFactory
     tls: TlsMaterial
+    mailboxes: MailboxService
+    mail: MailService
+    inbound: InboundService
+    spam: SpamScorer
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool | None = None) -> Gateway:
@@ -98,7 +110,8 @@ class Gateway:
         blobs = BlobStore(db, keyring, location, settings.data_dir / "blobs", inline_max=settings.blobs.inline_max)
         tls = ensure_tls(settings.data_dir, settings.tls.cert_file, settings.tls.key_file, settings.tls.hostname)
         admin = AdminService(db, keyring)
-        resolver = DnsResolver([parse_hostport(s, 53) for s in settings.dns.servers], timeout=settings.dns.timeout)
+        servers = [parse_hostport(s, 53) for s in settings.dns.servers]
+        resolver = DnsResolver(servers, timeout=settings.dns.timeout)
         connectors = ConnectorFactory(resolver)
         templates = TemplateService(db, admin)
         outbound = OutboundService(
@@ -119,6 +132,39 @@ class Gateway:
         bounces = BounceService(db, admin, verp)
         suppressions = SuppressionService(db, admin)
         smtp_credentials = SmtpCredentials(db, keyring, admin)
+        spam_settings = settings.spam
+        thresholds = SpamThresholds(tag=spam_settings.tag, junk=spam_settings.junk, reject=spam_settings.reject)
+        mailboxes = MailboxService(db, keyring, admin, blobs, spam_defaults=thresholds)
+        index = BlindIndex(keyring.subkey("search"))
+        spam = SpamScorer(
+            rspamd_url=spam_settings.rspamd_url,
+            spamd=parse_hostport(spam_settings.spamd, 783) if spam_settings.spamd else None,
+            timeout=spam_settings.timeout,
+        )
+        hostname = settings.mx.hostname or settings.tls.hostname
+
+        async def to_bounces(raw: bytes, to: Sequence[str]) -> object:
+            return await bounces.process(SYSTEM, raw, to)
+
+        inbound = InboundService(
+            db,
+            keyring,
+            admin,
+            blobs,
+            index,
+            authenticator=SenderAuthenticator(
+                DnsResolver(servers, timeout=settings.dns.timeout, cache_size=settings.dns.cache_size),
+                authserv_id=hostname,
+                timeout=settings.dns.timeout,
+            ),
+            spam=spam,
+            hostname=hostname,
+            spam_defaults=thresholds,
+            bounce_domain=settings.bounces.domain,
+            bounce_sink=to_bounces if verp is not None else None,
+            plus=settings.mx.plus_separator,
+        )
+        mailboxes.changed.append(inbound.forget_directory)
         return cls(
             settings,
             db,
@@ -133,6 +179,10 @@ class Gateway:
             smtp_credentials,
             connectors,
             tls,
+            mailboxes,
+            MailService(db, keyring, admin, blobs, index),
+            inbound,
+            spam,
         )
 
     def delivery_worker(self) -> DeliveryWorker:
@@ -185,6 +235,7 @@ class Gateway:
             log.error("could not record connector event", error=exc.detail, event_type=event.value)
 
     async def close(self) -> None:
+        await self.spam.aclose()
         await self.db.dispose()
 
 
@@ -221,6 +272,8 @@ async def run_api(gw: Gateway, stop: asyncio.Event) -> None:
         setup=gw.setup,
         suppressions=gw.suppressions,
         bounces=gw.bounces,
+        mailbox_service=gw.mailboxes,
+        mail_service=gw.mail,
         max_wait=settings.events.max_wait,
         max_body=settings.http.max_body_size,
     )
@@ -287,7 +340,36 @@ async def run_submission(gw: Gateway, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(server.wait_closed(), gw.settings.server.shutdown_timeout)
 
 
-ROLES: dict[str, Role] = {"api": run_api, "worker": run_worker, "submission": run_submission}
+async def run_mx(gw: Gateway, stop: asyncio.Event) -> None:
+    """The inbound MX listener: STARTTLS with the node's certificate, recipients checked at RCPT."""
+    mx = gw.settings.mx
+    if not mx.listen:
+        await stop.wait()
+        return
+    options = MxOptions(
+        hostname=mx.hostname or gw.settings.tls.hostname,
+        max_message_size=mx.max_message_size,
+        max_recipients=mx.max_recipients,
+        command_timeout=mx.command_timeout,
+        data_timeout=mx.data_timeout,
+        max_connections_per_ip=mx.max_connections_per_ip,
+        max_connections=mx.max_connections,
+        require_tls=mx.require_tls,
+    )
+    host, port = parse_hostport(mx.listen)
+    sock = bind_listener(host, port)
+    server = await start_mx(gw.inbound, sock, tls_context=gw.tls.server_context(), options=options)
+    bound = sock.getsockname()
+    log.info("mx listening", host=bound[0], port=bound[1])
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), gw.settings.server.shutdown_timeout)
+
+
+ROLES: dict[str, Role] = {"api": run_api, "worker": run_worker, "submission": run_submission, "mx": run_mx}
 
 
 def resolve_roles(requested: list[str]) -> list[str]:

@@ -50,6 +50,8 @@ smtp_app = typer.Typer(help="SMTP submission credentials.", no_args_is_help=True
 connectors_app = typer.Typer(help="Connectors: how mail leaves (global ones).", no_args_is_help=True)
 routes_app = typer.Typer(help="Routes: which connectors, in which order.", no_args_is_help=True)
 queue_app = typer.Typer(help="The outbound queue: inspect, hold, release, retry, cancel.", no_args_is_help=True)
+domains_app = typer.Typer(help="Domains the MX receives mail for.", no_args_is_help=True)
+mailboxes_app = typer.Typer(help="Mailboxes that hold received mail.", no_args_is_help=True)
 for sub, name in (
     (config_app, "config"),
     (db_app, "db"),
@@ -62,6 +64,8 @@ for sub, name in (
     (queue_app, "queue"),
     (connectors_app, "connectors"),
     (routes_app, "routes"),
+    (domains_app, "domains"),
+    (mailboxes_app, "mailboxes"),
 ):
     app.add_typer(sub, name=name)
 
@@ -136,9 +140,14 @@ def serve(
     submission: Annotated[
         str | None, typer.Option("--submission", help="SMTP submission address HOST:PORT (default 127.0.0.1:1587).")
     ] = None,
+    mx: Annotated[
+        str | None, typer.Option("--mx", help="Inbound MX listener HOST:PORT (default 127.0.0.1:2525).")
+    ] = None,
 ) -> None:
     """Run the gateway: every role in one process unless --roles narrows it."""
     overrides: dict[str, Any] = {}
+    if mx is not None:
+        overrides["mx"] = {"listen": mx}
     if http is not None:
         overrides["http"] = {"listen": http}
     if submission is not None:
@@ -208,6 +217,66 @@ def tenants_list(ctx: typer.Context) -> None:
     for t in items:
         table.add_row(t.id, t.name, t.created_at.isoformat(timespec="seconds"))
     out.print(table)
+
+
+@domains_app.command("create")
+def domains_create(
+    ctx: typer.Context,
+    domain: str,
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant name or id the domain belongs to.")],
+) -> None:
+    """Add a domain to receive mail for; prints its id as the last line."""
+    created = _run(_settings(ctx), lambda gw: gw.mailboxes.create_domain(_cli_principal(), domain, tenant=tenant))
+    err.print(f"created domain {created.name} for tenant {created.tenant_id}")
+    print(created.id)
+
+
+@domains_app.command("list")
+def domains_list(ctx: typer.Context) -> None:
+    """List domains with their spam thresholds (tag / junk / reject)."""
+    items = _run(_settings(ctx), lambda gw: gw.mailboxes.list_domains(_cli_principal(), after=None, limit=500))
+    table = Table("id", "name", "tenant", "spam tag/junk/reject", "catch-all")
+    for d in items:
+        table.add_row(d.id, d.name, d.tenant_id, f"{d.spam.tag:g}/{d.spam.junk:g}/{d.spam.reject:g}", d.catch_all or "")
+    out.print(table)
+
+
+@mailboxes_app.command("create")
+def mailboxes_create(
+    ctx: typer.Context,
+    address: str,
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant name or id the mailbox belongs to.")],
+    name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
+) -> None:
+    """Create a mailbox at one of the tenant's domains; prints its id as the last line."""
+    created = _run(
+        _settings(ctx),
+        lambda gw: gw.mailboxes.create_mailbox(_cli_principal(), address, tenant=tenant, display_name=name),
+    )
+    err.print(f"created mailbox {created.address}")
+    print(created.id)
+
+
+@mailboxes_app.command("list")
+def mailboxes_list(
+    ctx: typer.Context,
+    domain: Annotated[str | None, typer.Option("--domain", help="Only this domain's mailboxes.")] = None,
+) -> None:
+    """List mailboxes."""
+    items = _run(
+        _settings(ctx), lambda gw: gw.mailboxes.list_mailboxes(_cli_principal(), domain=domain, after=None, limit=500)
+    )
+    table = Table("id", "address", "tenant", "aliases")
+    for m in items:
+        table.add_row(m.id, m.address, m.tenant_id, ", ".join(m.aliases))
+    out.print(table)
+
+
+@mailboxes_app.command("delete")
+def mailboxes_delete(ctx: typer.Context, mailbox: str) -> None:
+    """Delete a mailbox (id or address) with every message in it."""
+    deleted = _run(_settings(ctx), lambda gw: gw.mailboxes.delete_mailbox(_cli_principal(), mailbox))
+    err.print(f"deleted mailbox {deleted.address}")
 
 
 @apikeys_app.command("create")

@@ -143,6 +143,12 @@ class DnsSettings(_Section):
         "Empty: the system's `/etc/resolv.conf`.",
     )
     timeout: float = Field(5.0, gt=0, le=60, description="Seconds one DNS lookup may take, all retries included.")
+    cache_size: int = Field(
+        10000,
+        ge=0,
+        description="Answers the sender checks of received mail (SPF, DKIM, DMARC) keep, each for its TTL "
+        "(at most an hour); 0 turns the cache off. Sending asks the resolver every time.",
+    )
 
     @field_validator("servers", mode="before")
     @classmethod
@@ -184,6 +190,50 @@ class SubmissionSettings(_Section):
         return value or None
 
 
+class MxSettings(_Section):
+    listen: str | None = Field(
+        "127.0.0.1:2525",
+        description="Inbound MX listener (HOST:PORT) with STARTTLS, run by the `mx` role; set `0.0.0.0:25` to "
+        "receive from the internet. `serve --mx` overrides.",
+    )
+    hostname: str | None = Field(
+        None, description="Name in the greeting, EHLO reply and Received headers. Unset: `tls.hostname`."
+    )
+    max_message_size: int = Field(
+        26214400, ge=1024, description="Largest message accepted, in bytes (SIZE; larger DATA gets 552, 25 MiB)."
+    )
+    max_recipients: int = Field(100, ge=1, description="Recipients one message may have (more get 452).")
+    command_timeout: float = Field(300.0, gt=0, description="Idle seconds between commands before 421 and close.")
+    data_timeout: float = Field(600.0, gt=0, description="Seconds the whole DATA phase may take.")
+    max_connections_per_ip: int = Field(20, ge=1, description="Concurrent sessions from one client IP (more: 421).")
+    max_connections: int = Field(1000, ge=1, description="Concurrent sessions in all.")
+    require_tls: bool = Field(False, description="Refuse MAIL before STARTTLS (530). Off: the internet's MTAs vary.")
+    plus_separator: str = Field("+", max_length=1, description="Subaddress separator (`user+tag@`); empty: off.")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value:
+            parse_hostport(value)
+        return value or None
+
+
+class SpamSettings(_Section):
+    tag: float = Field(5.0, ge=0, description="Default score at which received mail is tagged (X-Spam-Flag).")
+    junk: float = Field(8.0, ge=0, description="Default score at which received mail is filed in Junk.")
+    reject: float = Field(15.0, ge=0, description="Default score refused at SMTP time (550 5.7.1 ... spam).")
+    rspamd_url: str | None = Field(None, description="rspamd controller/normal worker URL (`/checkv2` is added).")
+    spamd: str | None = Field(None, description="SpamAssassin spamd address HOST:PORT.")
+    timeout: float = Field(10.0, gt=0, le=120, description="Seconds an external scorer may take before it is skipped.")
+
+    @field_validator("spamd")
+    @classmethod
+    def _check_spamd(cls, value: str | None) -> str | None:
+        if value:
+            parse_hostport(value, 783)
+        return value or None
+
+
 class BounceSettings(_Section):
     domain: str | None = Field(
         None,
@@ -216,6 +266,8 @@ class Settings(_Section):
     queue: QueueSettings = Field(default_factory=QueueSettings)  # type: ignore[arg-type]
     dns: DnsSettings = Field(default_factory=DnsSettings)  # type: ignore[arg-type]
     submission: SubmissionSettings = Field(default_factory=SubmissionSettings)  # type: ignore[arg-type]
+    mx: MxSettings = Field(default_factory=MxSettings)  # type: ignore[arg-type]
+    spam: SpamSettings = Field(default_factory=SpamSettings)  # type: ignore[arg-type]
     bounces: BounceSettings = Field(default_factory=BounceSettings)  # type: ignore[arg-type]
     connectors: list[dict[str, Any]] = Field(
         default_factory=list,

@@ -1,5 +1,5 @@
-"""Fixtures for integration tests: a bare database, and for sending tests a node with api, worker and
-submission roles, relay sinks, a tenant."""
+"""Fixtures for integration tests: a bare database, and for sending tests a node with api, worker,
+submission and MX roles, relay sinks, a tenant."""
 
 from __future__ import annotations
 
@@ -43,21 +43,24 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 
 
 class Node(Api):
-    """A node running the api, worker and submission roles on free loopback ports."""
+    """A node running the api, worker, submission and MX roles on free loopback ports."""
 
-    def __init__(self, gw: Gateway, base: str, admin_key: str, submission_port: int, dns: DnsServer) -> None:
+    def __init__(
+        self, gw: Gateway, base: str, admin_key: str, submission_port: int, mx_port: int, dns: DnsServer
+    ) -> None:
         super().__init__(gw, base, admin_key)
         self.submission_port = submission_port
+        self.mx_port = mx_port
         self.dns = dns
 
 
 @asynccontextmanager
 async def running_node(data_dir: Path, db_url: str, **overrides: Any) -> AsyncIterator[Node]:
-    """API, worker and submission roles of one node, with a quick retry schedule; ``overrides`` are
+    """API, worker, submission and MX roles of one node, with a quick retry schedule; ``overrides`` are
     settings sections (``bounces={...}``)."""
-    from mailgate.app import Gateway, run_api, run_submission, run_worker
+    from mailgate.app import Gateway, run_api, run_mx, run_submission, run_worker
 
-    port, submission = free_port(), free_port()
+    port, submission, mx = free_port(), free_port(), free_port()
     dns = DnsServer()  # the node's only resolver: no test reaches the system's
     await dns.start()
     settings = make_settings(
@@ -66,6 +69,7 @@ async def running_node(data_dir: Path, db_url: str, **overrides: Any) -> AsyncIt
         http={"listen": f"127.0.0.1:{port}"},
         queue=FAST_QUEUE,
         submission={"listen": f"127.0.0.1:{submission}"},
+        mx={"listen": f"127.0.0.1:{mx}"},
         dns={"servers": [f"127.0.0.1:{dns.port}"], "timeout": 2},
         **overrides,
     )
@@ -73,8 +77,8 @@ async def running_node(data_dir: Path, db_url: str, **overrides: Any) -> AsyncIt
     token = await gw.admin.bootstrap_admin_key()
     assert token
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(role(gw, stop)) for role in (run_api, run_worker, run_submission)]
-    api = Node(gw, f"http://127.0.0.1:{port}", token, submission, dns)
+    tasks = [asyncio.create_task(role(gw, stop)) for role in (run_api, run_worker, run_submission, run_mx)]
+    api = Node(gw, f"http://127.0.0.1:{port}", token, submission, mx, dns)
     try:
         for _ in range(200):
             try:

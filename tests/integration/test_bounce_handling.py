@@ -3,6 +3,8 @@ deliveries marked, recipients suppressed, forgeries ignored."""
 
 from __future__ import annotations
 
+import asyncio
+import smtplib
 from pathlib import Path
 
 from mailgate.testing.smtp_sink import SmtpSink
@@ -123,6 +125,34 @@ async def test_verp_bounces_and_complaints(tmp_path: Path, db_url: str) -> None:
             assert len(events) == 1 and events[0]["data"]["recipient"] == "fine@example.net"
             tenant_key = await node.call("POST", "/v1/bounces", key, content=_dsn(return_path, "x"), headers=headers)
             assert tenant_key.status_code == 403
+    finally:
+        for sink in sinks:
+            await sink.stop()
+
+
+async def test_reports_received_by_the_mx_reach_the_bounce_handler(tmp_path: Path, db_url: str) -> None:
+    """The round trip: a message sent with a VERP return path, its DSN delivered over SMTP to our own MX
+    (RCPT to the VERP address is accepted though no mailbox has it), the delivery marked bounced."""
+    sinks = [SmtpSink(), SmtpSink()]
+    for sink in sinks:
+        await sink.start()
+    try:
+        async with running_node(tmp_path / "data", db_url, bounces={"domain": BOUNCE_DOMAIN}) as node:
+            key = await setup_tenant(node, sinks)
+            r = await node.call("POST", "/v1/messages", key, json=msg("gone@example.net"))
+            message_id = r.json()["id"]
+            await wait_status(node, key, message_id, "sent")
+            return_path = sinks[0].messages[0].mail_from
+
+            def deliver_report() -> dict[str, tuple[int, bytes]]:
+                with smtplib.SMTP("127.0.0.1", node.mx_port, timeout=30) as client:
+                    return client.sendmail("", [return_path], _dsn(return_path, "gone@example.net"))
+
+            assert await asyncio.to_thread(deliver_report) == {}
+            body = (await node.call("GET", f"/v1/messages/{message_id}", key)).json()
+            assert [d["status"] for d in body["deliveries"]] == ["bounced"]
+            suppressed = (await node.call("GET", "/v1/suppressions", key)).json()["items"]
+            assert [(s["address"], s["reason"]) for s in suppressed] == [("gone@example.net", "bounce")]
     finally:
         for sink in sinks:
             await sink.stop()

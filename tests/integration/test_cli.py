@@ -138,6 +138,7 @@ def _start(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [EXE, "--data-dir", str(data_dir), "serve", "--http", f"127.0.0.1:{port}"]
         + ([] if "--submission" in extra else ["--submission", f"127.0.0.1:{free_port()}"])
+        + ([] if "--mx" in extra else ["--mx", f"127.0.0.1:{free_port()}"])
         + list(extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -98,6 +98,8 @@ def _serve(data_dir: Path, port: int) -> subprocess.Popen[str]:
             f"127.0.0.1:{port}",
             "--submission",
             f"127.0.0.1:{free_port()}",
+            "--mx",
+            f"127.0.0.1:{free_port()}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

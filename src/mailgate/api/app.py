@@ -10,13 +10,15 @@ from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.api import errors
 from mailgate.api.fast_lane import FastLane
 from mailgate.api.middleware import RequestContext
-from mailgate.api.routes import apikeys, connectors, health, messages, records, tenants
+from mailgate.api.routes import apikeys, connectors, domains, health, mail, mailboxes, messages, records, tenants
 from mailgate.api.routes import bounces as bounces_routes
 from mailgate.api.routes import smtp_credentials as smtp_credentials_routes
 from mailgate.api.routes import suppressions as suppressions_routes
 from mailgate.api.routes import templates as templates_routes
 from mailgate.api.schemas.common import Problem
 from mailgate.api.schemas.outbound import SendIn
+from mailgate.inbound.mail import MailService
+from mailgate.inbound.mailboxes import MailboxService
 from mailgate.outbound.bounces import BounceService
 from mailgate.outbound.service import OutboundService
 from mailgate.outbound.setup import OutboundSetup
@@ -39,6 +41,8 @@ def create_app(
     setup: OutboundSetup,
     suppressions: SuppressionService,
     bounces: BounceService,
+    mailbox_service: MailboxService,
+    mail_service: MailService,
     max_wait: float = 60.0,
     max_body: int = 40 * 1024 * 1024,
 ) -> FastAPI:
@@ -51,9 +55,12 @@ def create_app(
     app.state.setup = setup
     app.state.suppressions = suppressions
     app.state.bounces = bounces
+    app.state.mailboxes = mailbox_service
+    app.state.mail = mail_service
     app.state.max_wait = max_wait
     for module in (  # the framework tries routes in this order: the hottest first
         messages,
+        mail,
         health,
         tenants,
         apikeys,
@@ -63,6 +70,8 @@ def create_app(
         smtp_credentials_routes,
         templates_routes,
         bounces_routes,
+        domains,
+        mailboxes,
     ):
         app.include_router(module.router)
     errors.install(app)

@@ -11,6 +11,8 @@ from mailgate.admin.service import AdminService
 from mailgate.admin.smtp_credentials import SmtpCredentials
 from mailgate.domain.errors import AuthenticationFailed
 from mailgate.domain.tenancy import Principal
+from mailgate.inbound.mail import MailService
+from mailgate.inbound.mailboxes import MailboxService
 from mailgate.observability.logging import request_id_var
 from mailgate.outbound.bounces import BounceService
 from mailgate.outbound.service import OutboundService
@@ -106,3 +108,17 @@ async def bounce_service(request: Request) -> BounceService:
 
 
 Bounces = Annotated[BounceService, Depends(bounce_service)]
+
+
+async def mailbox_service(request: Request) -> MailboxService:
+    service: MailboxService = request.app.state.mailboxes
+    return service
+
+
+async def mail_service(request: Request) -> MailService:
+    service: MailService = request.app.state.mail
+    return service
+
+
+Mailboxes = Annotated[MailboxService, Depends(mailbox_service)]
+Mail = Annotated[MailService, Depends(mail_service)]

@@ -26,6 +26,8 @@ class EventType(StrEnum):
     SMTP_CREDENTIAL_REVOKED = "smtp_credential.revoked"
     KEYS_ROTATED = "keys.rotated"
     MESSAGE_ACCEPTED = "message.accepted"
+    MESSAGE_RECEIVED = "message.received"  # stored in a mailbox (inbound)
+    MESSAGE_REJECTED = "message.rejected"  # refused at SMTP time (spam)
     DELIVERY_SENT = "delivery.sent"
     DELIVERY_DEFERRED = "delivery.deferred"
     DELIVERY_BOUNCED = "delivery.bounced"

@@ -478,6 +478,11 @@ class OutboundService:
             attempts = await repo.attempts_of(conn, [d.id for d in deliveries])
         return MessageView(message, deliveries, attempts)
 
+    async def raw(self, principal: Principal, message_id: str) -> bytes:
+        """The message as it is sent (signed, as stored)."""
+        view = await self.get_message(principal, message_id)
+        return await self._blobs.get(view.message.blob_id)
+
     async def cancel(self, principal: Principal, message_id: str, request_id: str | None = None) -> MessageView:
         """Cancel every delivery not yet final; an attempt in flight still records what happened."""
         return await self._move(

@@ -193,3 +193,11 @@ class BlobStore:
             raise NotFound("blob", blob_id)
         if row.location == "file":
             self._path(blob_id).unlink(missing_ok=True)
+
+    async def discard(self, blob_ids: Sequence[str]) -> None:
+        """Delete blobs the caller found unreferenced (after its own commit); one already gone is fine."""
+        for blob_id in blob_ids:
+            try:
+                await self.delete(blob_id)
+            except NotFound:
+                continue

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -261,4 +262,99 @@ templates = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     UniqueConstraint("tenant_id", "name"),
+)
+
+# ----- inbound: domains, mailboxes, folders, stored mail -----
+
+# The spam thresholds are per domain; NULL means the gateway's configured default.
+domains = Table(
+    "domains",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("catch_all", String(32), nullable=True),  # a mailbox id; no FK: deleting it clears the setting
+    Column("spam_tag", Float(), nullable=True),
+    Column("spam_junk", Float(), nullable=True),
+    Column("spam_reject", Float(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+mailboxes = Table(
+    "mailboxes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("domain_id", String(32), ForeignKey("domains.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("address", String(320), nullable=False, unique=True),
+    Column("display_name", LargeBinary(), nullable=True),  # sealed: a person's name
+    Column("settings", JsonText(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("tenant_id", String(32), nullable=False),
+    Column("mailbox_id", String(32), ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# ``uidnext`` is taken with UPDATE ... RETURNING inside the storing transaction, so UIDs are strictly
+# ascending per folder, as IMAP requires; ``uidvalidity`` changes only if the folder is recreated.
+folders = Table(
+    "folders",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("mailbox_id", String(32), ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("special_use", String(20), nullable=True),
+    Column("uidvalidity", BigInteger(), nullable=False),
+    Column("uidnext", BigInteger(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("mailbox_id", "name"),
+)
+
+# Content (subject, names, bodies, attachment names) is only in the sealed ``record``; the clear columns
+# are what listing and filtering need and reveal no content: keyed hashes stand in for ids and subjects.
+mail = Table(
+    "mail",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("mailbox_id", String(32), ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False),
+    Column("folder_id", String(32), ForeignKey("folders.id", ondelete="CASCADE"), nullable=False),
+    Column("uid", BigInteger(), nullable=False),
+    Column("direction", String(10), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("size", BigInteger(), nullable=False),
+    Column("blob_id", String(64), nullable=False, index=True),
+    Column("record", LargeBinary(), nullable=False),  # sealed JSON of the parsed message
+    Column("thread_id", String(32), nullable=False),
+    Column("message_key", String(20), nullable=True),  # keyed hash of the Message-ID
+    Column("subject_key", String(20), nullable=True),  # keyed hash of the normalized subject
+    Column("has_attachments", Boolean(), nullable=False),
+    Column("spam_score", Float(), nullable=False),
+    Column("seen", Boolean(), nullable=False),
+    Column("flagged", Boolean(), nullable=False),
+    Column("answered", Boolean(), nullable=False),
+    Column("deleted", Boolean(), nullable=False),
+    Column("draft", Boolean(), nullable=False),
+    Column("keywords", JsonText(), nullable=False),
+    UniqueConstraint("folder_id", "uid"),
+    Index("ix_mail_mailbox_id_received_at", "mailbox_id", "received_at"),
+    Index("ix_mail_mailbox_id_thread_id", "mailbox_id", "thread_id"),
+    Index("ix_mail_mailbox_id_message_key", "mailbox_id", "message_key"),
+)
+
+# The blind index: one row per (keyed hash of a normalized word, message). A word's hash is per tenant,
+# so the same word in two tenants' mail gives unrelated rows.
+mail_terms = Table(
+    "mail_terms",
+    metadata,
+    Column("term", String(20), primary_key=True),
+    Column("mail_id", String(32), ForeignKey("mail.id", ondelete="CASCADE"), primary_key=True, index=True),
+    sqlite_with_rowid=False,
 )

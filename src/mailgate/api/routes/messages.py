@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from mailgate.api import pagination
-from mailgate.api.deps import Caller, Outbound, RequestId, media_type
+from mailgate.api.deps import Caller, Mail, Outbound, RequestId, media_type
+from mailgate.api.routes.mail import message_json
 from mailgate.api.schemas.common import problems
 from mailgate.api.schemas.outbound import (
     BatchAccepted,
@@ -181,19 +182,25 @@ def _send_request(body: SendIn) -> SendRequest:
     )
 
 
-@router.get("/v1/messages/{id}", response_model=MessageOut, responses=problems(401, 404, 503))
-async def get_message(id: str, outbound: Outbound, caller: Caller) -> MessageOut:
-    return MessageOut.of(await outbound.get_message(caller, id))
+@router.get(
+    "/v1/messages/{id}",
+    responses=problems(401, 404, 503),
+    summary="One message parsed: received (`direction` inbound) or sent (with its deliveries)",
+)
+async def get_message(id: str, mail: Mail, outbound: Outbound, caller: Caller) -> dict[str, Any]:
+    return await message_json(id, mail, outbound, caller)
 
 
 @router.delete(
     "/v1/messages/{id}",
-    response_model=MessageOut,
     responses=problems(401, 403, 404, 503),
-    summary="Cancel every delivery of the message that is not sent yet",
+    summary="A received message: delete it. A sent one: cancel every delivery not sent yet",
 )
-async def cancel_message(id: str, outbound: Outbound, caller: Caller, rid: RequestId) -> MessageOut:
-    return MessageOut.of(await outbound.cancel(caller, id, rid))
+async def delete_message(id: str, mail: Mail, outbound: Outbound, caller: Caller, rid: RequestId) -> dict[str, Any]:
+    if await mail.find(caller, id) is not None:
+        await mail.delete(caller, id, rid)
+        return {"id": id, "deleted": True}
+    return MessageOut.of(await outbound.cancel(caller, id, rid)).model_dump(mode="json")
 
 
 @router.get(
