@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -51,6 +52,7 @@ BounceSink = Callable[[bytes, Sequence[str]], Awaitable[object]]
 MAILBOX_UNKNOWN = Reply(550, "5.1.1", "no such mailbox here")
 RELAY_DENIED = Reply(550, "5.7.1", "relaying denied: this host does not accept mail for that domain")
 BAD_ADDRESS = Reply(501, "5.1.3", "bad recipient address syntax")
+_UNSAFE_IN_HEADER = re.compile(r"[^\x21-\x7e]+")
 NOT_STORED = Reply(451, "4.3.0", "temporarily unable to store the message; try again later")
 
 
@@ -379,7 +381,8 @@ def _is_report(parsed: ParsedMessage) -> bool:
 
 
 def _header_safe(text: str) -> str:
-    return "".join(c for c in text if 32 < ord(c) < 127)[:255]
+    """A client-given name (HELO) as it may stand in our Received header: printable ASCII, no spaces."""
+    return _UNSAFE_IN_HEADER.sub("", text)[:255]
 
 
 def _json_bytes(record: dict[str, Any]) -> bytes:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, case, delete, func, or_, select, update
+from sqlalchemy import Row, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -295,12 +295,22 @@ async def get_folder(conn: AsyncConnection, mailbox_id: str, name: str) -> Folde
     return _folder(row) if row else None
 
 
+# The two statements of every MX batch, built once: building a statement costs more than running it.
+_FOLDER_IDS = select(folders.c.mailbox_id, folders.c.id).where(
+    folders.c.mailbox_id.in_(bindparam("boxes", expanding=True)), folders.c.name == bindparam("name")
+)
+_TAKE_UIDS = (
+    update(folders)
+    .where(folders.c.id == bindparam("folder"))
+    .values(uidnext=folders.c.uidnext + bindparam("count"))
+    .returning(folders.c.uidnext)
+)
+
+
 async def folder_ids(conn: AsyncConnection, mailbox_ids: Sequence[str], name: str) -> dict[str, str]:
     """mailbox id -> id of its folder called ``name`` (the MX's batch of deliveries)."""
-    query = select(folders.c.mailbox_id, folders.c.id).where(
-        folders.c.mailbox_id.in_(mailbox_ids), folders.c.name == name
-    )
-    return {r.mailbox_id: r.id for r in (await conn.execute(query)).all()}
+    rows = (await conn.execute(_FOLDER_IDS, {"boxes": list(mailbox_ids), "name": name})).all()
+    return {r.mailbox_id: r.id for r in rows}
 
 
 async def insert_folder(conn: AsyncConnection, mailbox_id: str, name: str, at: datetime) -> Folder:
@@ -338,11 +348,5 @@ async def delete_folder(conn: AsyncConnection, folder_id: str) -> None:
 async def take_uids(conn: AsyncConnection, folder_id: str, count: int) -> int:
     """Reserve ``count`` consecutive UIDs in a folder; returns the first. The row lock (PostgreSQL) or
     the write lock (SQLite) it takes orders concurrent deliveries into the folder."""
-    query = (
-        update(folders)
-        .where(folders.c.id == folder_id)
-        .values(uidnext=folders.c.uidnext + count)
-        .returning(folders.c.uidnext)
-    )
-    after = int((await conn.execute(query)).scalar_one())
+    after = int((await conn.execute(_TAKE_UIDS, {"folder": folder_id, "count": count})).scalar_one())
     return after - count

@@ -102,9 +102,11 @@ async def check_spf(resolver: DnsResolver, *, client_ip: str, helo: str, mail_fr
     """Evaluate the identity ``spf_identity`` names; ``budget`` (seconds) bounds its lookups together."""
     scope, domain = spf_identity(helo, mail_from)
     try:
-        published = await resolver.txt_bytes(domain)
-    except (NoSuchDomain, DnsTemporaryFailure):
-        published = None  # pyspf asks again and tells "none" from "temperror" as RFC 7208 does
+        published: list[bytes] | None = await resolver.txt_bytes(domain)
+    except NoSuchDomain:
+        published = []  # RFC 7208 4.3: a domain that does not exist is "none"
+    except DnsTemporaryFailure:
+        published = None  # pyspf asks again and answers temperror as RFC 7208 4.4 says
     if published is not None and not any(_SPF_RECORD.match(record) for record in published):
         # no SPF record (RFC 7208 4.5): "none", without a thread and pyspf's own lookups
         return SpfResult(AuthVerdict.NONE, domain, scope, "no SPF record")
