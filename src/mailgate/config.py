@@ -164,6 +164,13 @@ class DnsSettings(_Section):
         return value
 
 
+def _optional_listen(value: str | None) -> str | None:
+    """An optional HOST:PORT listener: checked when given, "" turns it off."""
+    if value:
+        parse_hostport(value)
+    return value or None
+
+
 class SubmissionSettings(_Section):
     listen: str | None = Field(
         "127.0.0.1:1587",
@@ -182,12 +189,7 @@ class SubmissionSettings(_Section):
     max_recipients: int = Field(1000, ge=1, description="Recipients one message may have.")
     hostname: str | None = Field(None, description="Name in the greeting and EHLO reply. Unset: the host's name.")
 
-    @field_validator("listen", "tls_listen")
-    @classmethod
-    def _check_listen(cls, value: str | None) -> str | None:
-        if value:
-            parse_hostport(value)
-        return value or None
+    _check_listen = field_validator("listen", "tls_listen")(_optional_listen)
 
 
 class MxSettings(_Section):
@@ -210,12 +212,7 @@ class MxSettings(_Section):
     require_tls: bool = Field(False, description="Refuse MAIL before STARTTLS (530). Off: the internet's MTAs vary.")
     plus_separator: str = Field("+", max_length=1, description="Subaddress separator (`user+tag@`); empty: off.")
 
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str | None) -> str | None:
-        if value:
-            parse_hostport(value)
-        return value or None
+    _check_listen = field_validator("listen")(_optional_listen)
 
 
 class SpamSettings(_Section):

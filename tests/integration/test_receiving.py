@@ -274,7 +274,8 @@ async def _store_down(node: Node) -> AsyncIterator[None]:
 
 @pytest.fixture
 async def impatient_node(tmp_path: Path, db_url: str) -> AsyncIterator[Node]:
-    async with running_node(tmp_path / "data", db_url, database={"busy_timeout_ms": 300}) as started:
+    # short enough that a locked store answers within the test, long enough for its own writes under load
+    async with running_node(tmp_path / "data", db_url, database={"busy_timeout_ms": 2000}) as started:
         yield started
 
 
