@@ -209,7 +209,7 @@ class InboundService:
         peer = f"{envelope.client_name or ''} [{envelope.client_ip}]".strip()
         proto = "ESMTPS" if envelope.tls else "ESMTP"
         lines = [
-            f"Return-Path: <{envelope.mail_from}>",
+            f"Return-Path: <{_header_safe(envelope.mail_from)}>",
             f"Received: from {_header_safe(envelope.helo) or 'unknown'} ({peer})\r\n\tby {self._hostname} "
             f"(mailgate) with {proto}; {format_datetime(utcnow())}",
             self._auth.header(auth),

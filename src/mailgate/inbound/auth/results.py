@@ -10,6 +10,7 @@ hold addresses); they stay in the stored results.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import authres  # type: ignore[import-untyped]
@@ -25,9 +26,11 @@ _DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 _LINE_LIMIT = 998  # RFC 5322 2.1.1: longer lines are folded between clauses
 
 
+@functools.lru_cache(maxsize=4096)
 def authentication_results(authserv_id: str, results: AuthResults) -> str:
     """``Authentication-Results: <authserv-id>; spf=…; dkim=…; dmarc=…; arc=…`` without CRLF; one
-    dkim clause per signature, ``dkim=none`` for none."""
+    dkim clause per signature, ``dkim=none`` for none. Results are frozen values and one sender's
+    mail gets the same ones again and again, so the rendering (authres objects) is remembered."""
     clauses = [
         _spf(results.spf),
         *(_dkim(d) for d in results.dkim),
