@@ -10,13 +10,14 @@ import shutil
 import signal
 import socket
 import subprocess
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar, Self
 
 _START_ATTEMPTS = 3  # a free port picked here can be taken by someone else before the daemon binds it
 
 
-class LoopbackDaemon:
+class LoopbackDaemon(ABC):
     """Subclasses say how to find the program, launch it and tell it is ready."""
 
     name: ClassVar[str]
@@ -27,16 +28,17 @@ class LoopbackDaemon:
         self.directory: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
+    @abstractmethod
     def find_program(self) -> str:
-        raise NotImplementedError
+        """The daemon's executable; raises the subclass's "unavailable" error naming the package."""
 
+    @abstractmethod
     def launch(self, program: str, port: int) -> None:
         """Start the daemon on ``port``, setting ``directory`` and ``_proc``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def ready(self, timeout: float) -> bool:
         """Whether it answered before ``timeout``; False when it exited first."""
-        raise NotImplementedError
 
     def log(self) -> str:
         if self.directory is None:
