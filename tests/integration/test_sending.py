@@ -256,3 +256,25 @@ async def test_connector_rate_limit_spaces_deliveries(node: Api, sinks: list[Smt
     assert (await node.call("POST", "/v1/messages/batch", key, json=body)).status_code == 202
     await sinks[0].wait_for(12, timeout=30)
     assert time.monotonic() - start >= 1.3  # 5 tokens at once, then 5 per second
+
+
+async def test_a_sent_message_is_the_same_resource_as_a_received_one(node: Api, sinks: list[SmtpSink]) -> None:
+    """GET shows a sent message's parsed fields beside its deliveries; a send-only key (no manage, which
+    deleting received mail needs) still cancels its own message with DELETE."""
+    await setup_tenant(node, sinks)
+    tenant = (await node.call("GET", "/v1/tenants", node.admin_key)).json()["items"][0]["id"]
+    sender = (
+        await node.call("POST", "/v1/apikeys", node.admin_key, json={"tenant": tenant, "scopes": ["send", "read"]})
+    ).json()["key"]
+    body = msg("later@example.net", send_at="2099-01-01T00:00:00Z", cc=["copy@example.net"])
+    mid = (await node.call("POST", "/v1/messages", sender, json=body)).json()["id"]
+    got = (await node.call("GET", f"/v1/messages/{mid}", sender)).json()
+    assert got["direction"] == "outbound" and got["subject"] == "hello" and got["text"].strip() == "body"
+    assert got["from"] == {"name": "App", "address": "app@acme.test"}
+    assert got["cc"] == [{"name": "", "address": "copy@example.net"}] and got["attachments"] == []
+    assert {d["recipient"] for d in got["deliveries"]} == {"later@example.net", "copy@example.net"}
+    raw = await node.call("GET", f"/v1/messages/{mid}/raw", sender)
+    assert raw.status_code == 200 and b"Subject: hello" in raw.content
+    cancelled = await node.call("DELETE", f"/v1/messages/{mid}", sender)
+    assert cancelled.status_code == 200, cancelled.text
+    assert {d["status"] for d in cancelled.json()["deliveries"]} == {"cancelled"}

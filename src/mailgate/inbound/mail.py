@@ -66,20 +66,23 @@ class MailService:
             record,
         )
 
-    async def _row(self, principal: Principal, mail_id: str) -> MailRow:
+    async def _visible(self, principal: Principal, mail_id: str) -> MailRow | None:
         async with self._db.read() as conn:
             row = await mail_repo.get(conn, mail_id)
         if row is None or not principal.sees_tenant(row.tenant_id) or not principal.can(Scope.READ):
+            return None
+        return row
+
+    async def _row(self, principal: Principal, mail_id: str) -> MailRow:
+        row = await self._visible(principal, mail_id)
+        if row is None:
             raise NotFound("message", mail_id)
         return row
 
     async def find(self, principal: Principal, mail_id: str) -> StoredMail | None:
         """The stored message, or None when there is none by that id (it may be an outbound one)."""
-        async with self._db.read() as conn:
-            row = await mail_repo.get(conn, mail_id)
-        if row is None or not principal.sees_tenant(row.tenant_id) or not principal.can(Scope.READ):
-            return None
-        return await self._open(row)
+        row = await self._visible(principal, mail_id)
+        return await self._open(row) if row is not None else None
 
     async def list(
         self,
@@ -177,12 +180,13 @@ class MailService:
         return await self._open(updated)
 
     async def delete(self, principal: Principal, mail_id: str, request_id: str | None = None) -> None:
-        if not principal.can(Scope.MANAGE):
-            raise PermissionDenied("this key lacks the 'manage' scope")
+        """NotFound before PermissionDenied: the caller may be deleting (cancelling) a sent message."""
         async with self._db.write() as conn:
             row = await mail_repo.get(conn, mail_id)
             if row is None or not principal.sees_tenant(row.tenant_id):
                 raise NotFound("message", mail_id)
+            if not principal.can(Scope.MANAGE):
+                raise PermissionDenied("this key lacks the 'manage' scope")
             orphans = await mail_repo.delete_many(conn, [row.id])
             await self._admin.audit_in(
                 conn,

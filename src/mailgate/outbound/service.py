@@ -480,7 +480,10 @@ class OutboundService:
 
     async def raw(self, principal: Principal, message_id: str) -> bytes:
         """The message as it is sent (signed, as stored)."""
-        view = await self.get_message(principal, message_id)
+        return await self.raw_of(await self.get_message(principal, message_id))
+
+    async def raw_of(self, view: MessageView) -> bytes:
+        """The bytes of a message the caller has already been allowed to see."""
         return await self._blobs.get(view.message.blob_id)
 
     async def cancel(self, principal: Principal, message_id: str, request_id: str | None = None) -> MessageView:

@@ -12,6 +12,7 @@ from mailgate.api.deps import Caller, Mail, Outbound, RequestId
 from mailgate.api.schemas.common import problems
 from mailgate.api.schemas.inbound import MailUpdate, ThreadOut, mail_detail, parsed_fields
 from mailgate.api.schemas.outbound import MessageOut
+from mailgate.domain.errors import NotFound
 from mailgate.inbound.mail import find_attachment
 from mailgate.mime.parse import parse_message
 
@@ -28,7 +29,7 @@ async def message_json(id: str, mail: Mail, outbound: Outbound, caller: Caller) 
     if stored is not None:
         return mail_detail(stored)
     view = await outbound.get_message(caller, id)
-    parsed = parse_message(await outbound.raw(caller, id)).to_json()
+    parsed = parse_message(await outbound.raw_of(view)).to_json()
     return {
         **MessageOut.of(view).model_dump(mode="json"),
         **parsed_fields(parsed),
@@ -41,9 +42,10 @@ async def message_json(id: str, mail: Mail, outbound: Outbound, caller: Caller) 
 
 
 async def _raw(id: str, mail: Mail, outbound: Outbound, caller: Caller) -> bytes:
-    if await mail.find(caller, id) is not None:
+    try:
         return await mail.raw(caller, id)
-    return await outbound.raw(caller, id)
+    except NotFound:  # not a received message: a sent one, or none (outbound says which)
+        return await outbound.raw(caller, id)
 
 
 @router.get(

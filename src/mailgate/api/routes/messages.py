@@ -26,6 +26,7 @@ from mailgate.api.schemas.outbound import (
     SendIn,
 )
 from mailgate.domain.delivery import DeliveryStatus
+from mailgate.domain.errors import NotFound
 from mailgate.observability.logging import request_id_var
 from mailgate.outbound.service import AttachmentIn, BatchRecipient, OutboundService, SendRequest
 
@@ -197,10 +198,11 @@ async def get_message(id: str, mail: Mail, outbound: Outbound, caller: Caller) -
     summary="A received message: delete it. A sent one: cancel every delivery not sent yet",
 )
 async def delete_message(id: str, mail: Mail, outbound: Outbound, caller: Caller, rid: RequestId) -> dict[str, Any]:
-    if await mail.find(caller, id) is not None:
+    try:
         await mail.delete(caller, id, rid)
-        return {"id": id, "deleted": True}
-    return MessageOut.of(await outbound.cancel(caller, id, rid)).model_dump(mode="json")
+    except NotFound:  # not a received message: a sent one, or none (outbound says which)
+        return MessageOut.of(await outbound.cancel(caller, id, rid)).model_dump(mode="json")
+    return {"id": id, "deleted": True}
 
 
 @router.get(
