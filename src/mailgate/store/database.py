@@ -16,13 +16,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Insert, Table, event, text
+from sqlalchemy import Connection, Executable, Insert, Table, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from mailgate.domain.errors import Unavailable
+from mailgate.domain.errors import Conflict, Unavailable
 from mailgate.store import sqlite_driver
 from mailgate.store.group_commit import GroupCommit
 
@@ -176,3 +177,13 @@ def insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
     """INSERT that skips rows whose key exists (ON CONFLICT DO NOTHING), on either engine."""
     insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
     return insert(table).on_conflict_do_nothing()
+
+
+async def execute_unique(conn: AsyncConnection, statement: Executable, conflict: str) -> None:
+    """Run a write that a unique constraint may refuse, in a savepoint (so the caller's transaction
+    goes on), and say ``conflict`` as the Conflict it raises when refused."""
+    try:
+        async with conn.begin_nested():
+            await conn.execute(statement)
+    except DbIntegrityError:
+        raise Conflict(conflict) from None

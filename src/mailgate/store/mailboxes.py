@@ -10,12 +10,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, bindparam, case, delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.domain.errors import Conflict
 from mailgate.domain.inbound import SpamThresholds
 from mailgate.domain.mailboxes import DEFAULT_FOLDERS, Domain, Folder
+from mailgate.store.database import execute_unique
 from mailgate.store.schema import aliases, domains, folders, mail, mailboxes
 
 
@@ -69,11 +69,8 @@ def _mailbox(row: Row[Any]) -> MailboxRow:
 
 
 async def insert_domain(conn: AsyncConnection, *, id: str, tenant_id: str, name: str, at: datetime) -> None:
-    try:
-        async with conn.begin_nested():
-            await conn.execute(domains.insert().values(id=id, tenant_id=tenant_id, name=name, created_at=at))
-    except DbIntegrityError:
-        raise Conflict(f"the domain {name!r} already exists") from None
+    statement = domains.insert().values(id=id, tenant_id=tenant_id, name=name, created_at=at)
+    await execute_unique(conn, statement, f"the domain {name!r} already exists")
 
 
 async def get_domain(conn: AsyncConnection, ident: str, defaults: SpamThresholds) -> Domain | None:
@@ -108,22 +105,17 @@ async def insert_mailbox(conn: AsyncConnection, row: MailboxRow) -> None:
     Conflict: one address, one destination."""
     if await _address_taken(conn, row.address):
         raise Conflict(f"the address {row.address!r} is already a mailbox or an alias")
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                mailboxes.insert().values(
-                    id=row.id,
-                    tenant_id=row.tenant_id,
-                    domain_id=row.domain_id,
-                    address=row.address,
-                    display_name=row.display_name,
-                    settings=row.settings,
-                    created_at=row.created_at,
-                    updated_at=row.updated_at,
-                )
-            )
-    except DbIntegrityError:
-        raise Conflict(f"the address {row.address!r} is already a mailbox") from None
+    statement = mailboxes.insert().values(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        domain_id=row.domain_id,
+        address=row.address,
+        display_name=row.display_name,
+        settings=row.settings,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+    await execute_unique(conn, statement, f"the address {row.address!r} is already a mailbox")
     await conn.execute(
         folders.insert(),
         [
@@ -315,30 +307,22 @@ async def folder_ids(conn: AsyncConnection, mailbox_ids: Sequence[str], name: st
 
 async def insert_folder(conn: AsyncConnection, mailbox_id: str, name: str, at: datetime) -> Folder:
     folder = Folder(new_folder_id(), mailbox_id, name, None, new_uidvalidity(), 1)
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                folders.insert().values(
-                    id=folder.id,
-                    mailbox_id=mailbox_id,
-                    name=name,
-                    special_use=None,
-                    uidvalidity=folder.uidvalidity,
-                    uidnext=1,
-                    created_at=at,
-                )
-            )
-    except DbIntegrityError:
-        raise Conflict(f"the folder {name!r} already exists") from None
+    statement = folders.insert().values(
+        id=folder.id,
+        mailbox_id=mailbox_id,
+        name=name,
+        special_use=None,
+        uidvalidity=folder.uidvalidity,
+        uidnext=1,
+        created_at=at,
+    )
+    await execute_unique(conn, statement, f"the folder {name!r} already exists")
     return folder
 
 
 async def rename_folder(conn: AsyncConnection, folder_id: str, name: str) -> None:
-    try:
-        async with conn.begin_nested():
-            await conn.execute(update(folders).where(folders.c.id == folder_id).values(name=name))
-    except DbIntegrityError:
-        raise Conflict(f"the folder {name!r} already exists") from None
+    statement = update(folders).where(folders.c.id == folder_id).values(name=name)
+    await execute_unique(conn, statement, f"the folder {name!r} already exists")
 
 
 async def delete_folder(conn: AsyncConnection, folder_id: str) -> None:

@@ -7,11 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, delete, or_, select, update
-from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mailgate.domain.errors import Conflict
 from mailgate.domain.outbound import TemplateRecord
+from mailgate.store.database import execute_unique
 from mailgate.store.schema import templates
 
 
@@ -29,22 +28,17 @@ def _template(row: Row[Any]) -> TemplateRecord:
 
 
 async def insert(conn: AsyncConnection, record: TemplateRecord) -> None:
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                templates.insert().values(
-                    id=record.id,
-                    tenant_id=record.tenant_id,
-                    name=record.name,
-                    subject=record.subject,
-                    text=record.text,
-                    html=record.html,
-                    created_at=record.created_at,
-                    updated_at=record.updated_at,
-                )
-            )
-    except DbIntegrityError:
-        raise Conflict(f"a template named {record.name!r} already exists") from None
+    statement = templates.insert().values(
+        id=record.id,
+        tenant_id=record.tenant_id,
+        name=record.name,
+        subject=record.subject,
+        text=record.text,
+        html=record.html,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+    await execute_unique(conn, statement, f"a template named {record.name!r} already exists")
 
 
 async def find(conn: AsyncConnection, tenant_id: str, ident: str) -> TemplateRecord | None:

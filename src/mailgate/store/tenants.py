@@ -7,11 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, func, or_, select, update
-from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mailgate.domain.errors import Conflict
 from mailgate.domain.tenancy import ApiKey, Scope, Tenant
+from mailgate.store.database import execute_unique
 from mailgate.store.schema import api_keys, tenants
 
 
@@ -31,11 +30,8 @@ def _key(row: Row[Any]) -> ApiKey:
 
 
 async def insert_tenant(conn: AsyncConnection, tenant: Tenant) -> None:
-    try:
-        async with conn.begin_nested():
-            await conn.execute(tenants.insert().values(id=tenant.id, name=tenant.name, created_at=tenant.created_at))
-    except DbIntegrityError:
-        raise Conflict(f"a tenant named {tenant.name!r} already exists") from None
+    statement = tenants.insert().values(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+    await execute_unique(conn, statement, f"a tenant named {tenant.name!r} already exists")
 
 
 async def get_tenant(conn: AsyncConnection, ident: str) -> Tenant | None:
