@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import structlog
 import uvicorn
 from pydantic import TypeAdapter, ValidationError
 
@@ -28,7 +32,7 @@ from mailgate.api.schemas.outbound import ConnectorIn
 from mailgate.config import Settings, parse_hostport
 from mailgate.connectors.dns import DnsResolver
 from mailgate.connectors.registry import ConnectorFactory
-from mailgate.domain.errors import ConfigurationError, MailgateError
+from mailgate.domain.errors import ConfigurationError, MailgateError, Unavailable
 from mailgate.domain.inbound import SpamThresholds
 from mailgate.domain.outbound import ConnectorSpec
 from mailgate.domain.records import EventType
@@ -36,10 +40,11 @@ from mailgate.domain.tenancy import SYSTEM
 from mailgate.inbound.auth import SenderAuthenticator
 from mailgate.inbound.mail import MailService
 from mailgate.inbound.mailboxes import MailboxService
-from mailgate.inbound.service import InboundService
+from mailgate.inbound.service import InboundService, PendingMail
 from mailgate.inbound.spam import SpamScorer
-from mailgate.observability.logging import get_logger
-from mailgate.observability.metrics import BUILD_INFO, CONNECTOR_STATE, ROLE_UP
+from mailgate.observability.logging import configure_logging, get_logger
+from mailgate.observability.metrics import BUILD_INFO, CONNECTOR_STATE, REGISTRY, ROLE_UP, WORKERS
+from mailgate.observability.worker_metrics import SNAPSHOT_SECONDS, snapshot
 from mailgate.outbound.bounces import BounceService
 from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.routing.breaker import BreakerState
@@ -54,13 +59,19 @@ from mailgate.security.blind_index import BlindIndex
 from mailgate.security.masterkeys import load_master_keys
 from mailgate.security.tls import TlsMaterial, ensure_tls
 from mailgate.servers.listen import bind_listener
+from mailgate.servers.processes import Link, NodeGone, WorkerPool
 from mailgate.servers.smtp.mx import MxOptions, start_mx
+from mailgate.servers.smtp.shared_limits import LimitTable
 from mailgate.servers.smtp.submission import SubmissionHandler, SubmissionOptions, start_submission
 from mailgate.store.blobs import BlobStore
 from mailgate.store.database import Database
 from mailgate.store.keyring import Keyring
 
 log = get_logger("mailgate")
+
+MX_AUTO_PROCESSES = 4  # mx.processes = 0: one per core, up to this many (each holds its own caches and pool)
+# which row of the MX connection counts this process keeps: 0 in the node's process, N in worker N
+_WORKER_ROW: ContextVar[int] = ContextVar("mailgate_mx_worker_row", default=0)
 
 
 @dataclass
@@ -340,12 +351,68 @@ async def run_submission(gw: Gateway, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(server.wait_closed(), gw.settings.server.shutdown_timeout)
 
 
+def mx_processes(settings: Settings) -> int:
+    """How many processes serve the MX listener, the node's own included."""
+    return settings.mx.processes or min(os.cpu_count() or 1, MX_AUTO_PROCESSES)
+
+
 async def run_mx(gw: Gateway, stop: asyncio.Event) -> None:
-    """The inbound MX listener: STARTTLS with the node's certificate, recipients checked at RCPT."""
+    """The inbound MX listener: STARTTLS with the node's certificate, recipients checked at RCPT; served
+    by this process and ``mx.processes`` - 1 workers on the same socket."""
     mx = gw.settings.mx
     if not mx.listen:
         await stop.wait()
         return
+    host, port = parse_hostport(mx.listen)
+    sock = bind_listener(host, port)
+    count = mx_processes(gw.settings)
+    if count == 1:
+        await _serve_mx(gw, sock, None, stop)
+        return
+    table = LimitTable(count)
+    # SQLite has one writer at a time: workers hand their messages to this process, which commits them
+    # in its group commit, rather than queue for the write lock behind each other's transactions
+    pool = WorkerPool(
+        "mx",
+        mx_worker,
+        (gw.settings, sock, table),
+        count - 1,
+        on_message=lambda index, message: _from_mx_worker(gw, index, message),
+        on_exit=lambda index: _mx_worker_gone(table, index),
+        handlers={"store": gw.inbound.store} if gw.db.dialect == "sqlite" else {},
+    )
+
+    def forget() -> None:
+        pool.send_all(("forget",))
+
+    gw.mailboxes.changed.append(forget)
+    try:
+        await pool.start()
+        await _serve_mx(gw, sock, table, stop)
+    finally:
+        gw.mailboxes.changed.remove(forget)
+        await pool.stop(gw.settings.server.shutdown_timeout)
+
+
+def _mx_worker_gone(table: LimitTable, index: int) -> None:
+    table.clear_row(index)  # the connections it held are closed with it
+    WORKERS.retire(index)
+
+
+def _from_mx_worker(gw: Gateway, index: int, message: tuple[Any, ...]) -> None:
+    kind = message[0]
+    if kind == "events":
+        gw.db.events_committed_elsewhere()
+    elif kind == "metrics":
+        WORKERS.update(index, message[1])
+    else:
+        log.warning("unknown message from an mx worker", worker=index, kind=str(kind))
+
+
+async def _serve_mx(gw: Gateway, sock: socket.socket, table: LimitTable | None, stop: asyncio.Event) -> None:
+    """Serve the MX on ``sock`` until ``stop``; ``table`` holds the connection counts when other
+    processes serve the same socket (this process is its row 0, or the worker's number)."""
+    mx = gw.settings.mx
     options = MxOptions(
         hostname=mx.hostname or gw.settings.tls.hostname,
         max_message_size=mx.max_message_size,
@@ -356,17 +423,66 @@ async def run_mx(gw: Gateway, stop: asyncio.Event) -> None:
         max_connections=mx.max_connections,
         require_tls=mx.require_tls,
     )
-    host, port = parse_hostport(mx.listen)
-    sock = bind_listener(host, port)
-    server = await start_mx(gw.inbound, sock, tls_context=gw.tls.server_context(), options=options)
+    row = _WORKER_ROW.get()
+    limits = (
+        table.limits(row, per_ip=options.max_connections_per_ip, total=options.max_connections)
+        if table is not None
+        else None
+    )
+    server = await start_mx(gw.inbound, sock, tls_context=gw.tls.server_context(), options=options, limits=limits)
     bound = sock.getsockname()
-    log.info("mx listening", host=bound[0], port=bound[1])
+    log.info("mx listening", host=bound[0], port=bound[1], process=row)
     try:
         await stop.wait()
     finally:
         server.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), gw.settings.server.shutdown_timeout)
+
+
+def mx_worker(link: Link, settings: Settings, sock: socket.socket, table: LimitTable) -> None:
+    """A worker process of the MX role (see ``servers.processes``): its own gateway on the node's store."""
+    configure_logging(settings.log_format, settings.log_level)
+    structlog.contextvars.bind_contextvars(process=f"mx-{link.index}")
+    _WORKER_ROW.set(link.index)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_mx_worker(link, settings, sock, table))
+
+
+async def _mx_worker(link: Link, settings: Settings, sock: socket.socket, table: LimitTable) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    gw = await Gateway.open(settings, migrate=False)
+
+    def from_node(message: tuple[Any, ...]) -> None:
+        if message[0] == "forget":
+            gw.inbound.forget_directory()
+        elif message[0] == "stop":
+            stop.set()
+
+    async def report_metrics() -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_SECONDS)
+            link.send(("metrics", snapshot(REGISTRY)))
+
+    async def through_node(pending: PendingMail) -> None:
+        try:
+            await link.call("store", pending)
+        except NodeGone as exc:
+            raise Unavailable(str(exc)) from None
+
+    await link.open(from_node, stop.set)
+    if gw.db.dialect == "sqlite":
+        gw.inbound.commit_through(through_node)
+    gw.db.on_events_committed(lambda: link.send(("events",)))
+    reporter = asyncio.create_task(report_metrics())
+    try:
+        await _serve_mx(gw, sock, table, stop)
+    finally:
+        reporter.cancel()
+        link.send(("metrics", snapshot(REGISTRY)))
+        await gw.close()
+        await link.close()
 
 
 ROLES: dict[str, Role] = {"api": run_api, "worker": run_worker, "submission": run_submission, "mx": run_mx}
@@ -465,11 +581,14 @@ async def serve(settings: Settings, roles: list[str]) -> None:
     log.info("stopped")
 
 
-def run_serve(settings: Settings, roles: list[str]) -> None:
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if sys.platform != "win32":
-        import uvloop
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if sys.platform == "win32":
+        return None
+    import uvloop
 
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    return uvloop.new_event_loop
+
+
+def run_serve(settings: Settings, roles: list[str]) -> None:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(serve(settings, roles))

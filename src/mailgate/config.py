@@ -211,6 +211,13 @@ class MxSettings(_Section):
     max_connections: int = Field(1000, ge=1, description="Concurrent sessions in all.")
     require_tls: bool = Field(False, description="Refuse MAIL before STARTTLS (530). Off: the internet's MTAs vary.")
     plus_separator: str = Field("+", max_length=1, description="Subaddress separator (`user+tag@`); empty: off.")
+    processes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes serving the MX listener, the node's own included (each uses one CPU core "
+        "for SMTP, parsing and checks). 0: one per CPU core, at most 4.",
+    )
 
     _check_listen = field_validator("listen")(_optional_listen)
 

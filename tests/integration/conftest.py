@@ -69,7 +69,8 @@ async def running_node(data_dir: Path, db_url: str, **overrides: Any) -> AsyncIt
         http={"listen": f"127.0.0.1:{port}"},
         queue=FAST_QUEUE,
         submission={"listen": f"127.0.0.1:{submission}"},
-        mx={"listen": f"127.0.0.1:{mx}"},
+        # one process unless a test asks for workers (test_mx_processes): in-process roles, in-process state
+        mx={"listen": f"127.0.0.1:{mx}", "processes": 1, **overrides.pop("mx", {})},
         dns={"servers": [f"127.0.0.1:{dns.port}"], "timeout": 2},
         **overrides,
     )

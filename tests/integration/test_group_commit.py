@@ -4,6 +4,8 @@ each other's failures, nobody is answered before the commit, and two processes' 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from mailgate.domain.errors import Unavailable
 from mailgate.domain.tenancy import Tenant
 from mailgate.store import tenants as tenants_repo
 from mailgate.store.database import Database
+from mailgate.store.group_commit import GroupCommit
 from mailgate.store.schema import tenants
 from mailgate.store.types import utcnow
 
@@ -114,3 +117,36 @@ async def test_two_engines_on_one_sqlite_file_take_turns_for_the_write_lock(tmp_
     finally:
         await first.dispose()
         await second.dispose()
+
+
+async def test_the_next_transaction_is_begun_while_the_previous_one_commits(db: Database) -> None:
+    """The next batch's statements are built while the previous COMMIT (the flush) runs; each caller is
+    still answered only after its own commit."""
+    log: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def slow_commit() -> AsyncIterator[AsyncConnection]:
+        async with db.write() as conn:
+            yield conn
+            log.append("flushing")
+            await asyncio.sleep(0.3)  # the COMMIT follows this block: a slow disk
+        log.append("committed")
+
+    batched = GroupCommit(slow_commit, sizes=None)
+
+    def step(name: str) -> Any:
+        async def work(conn: AsyncConnection) -> str:
+            log.append(f"{name} runs")
+            return await _insert(name)(conn)
+
+        return work
+
+    first = asyncio.create_task(batched.run(step("first")))
+    while "flushing" not in log:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(batched.run(step("second")))
+    await asyncio.sleep(0.1)
+    assert log[:3] == ["first runs", "flushing", "second runs"] and "committed" not in log
+    assert not first.done() and not second.done()
+    assert await first == "first" and await second == "second"
+    assert await _count(db) == 2

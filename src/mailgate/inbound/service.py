@@ -68,9 +68,15 @@ class _Delivery:
 
 
 @dataclass(frozen=True, slots=True)
-class _Batch:
+class PendingMail:
+    """A received message ready to commit: its blob and one delivery per mailbox (plain data, so that
+    another process can commit it; see ``commit_through``)."""
+
     blob: StagedBlob
     deliveries: tuple[_Delivery, ...]
+
+
+Commit = Callable[[PendingMail], Awaitable[None]]
 
 
 class InboundService:
@@ -104,6 +110,17 @@ class InboundService:
         self._plus = plus
         self._directory: ReadThroughCache[str, Recipient | None] = ReadThroughCache(DIRECTORY_SECONDS)
         self._domains: ReadThroughCache[str, Domain | None] = ReadThroughCache(DIRECTORY_SECONDS)
+        self._commit: Commit = self.store
+
+    def commit_through(self, commit: Commit) -> None:
+        """Have ``commit`` store what this service received, instead of ``store``: a worker process
+        on SQLite asks the node, the database's one writer, which commits it with everyone's."""
+        self._commit = commit
+
+    async def store(self, pending: PendingMail) -> None:
+        """Commit a received message, in the group commit with the others of the moment; raises
+        Unavailable when the database cannot take it."""
+        await self._db.batched.run_bulk(self._store_all, pending)
 
     def forget_directory(self) -> None:
         self._directory.clear()
@@ -197,7 +214,7 @@ class InboundService:
             for recipient, action in plans
             if action != SpamAction.REJECT
         ]
-        await self._db.batched.run_bulk(self._store_all, _Batch(blob, tuple(deliveries)))
+        await self._commit(PendingMail(blob, tuple(deliveries)))
         ids = ",".join(d.mail.id for d in deliveries)
         return Reply(250, "2.0.0", f"stored as {ids}")
 
@@ -291,7 +308,7 @@ class InboundService:
             event,
         )
 
-    async def _store_all(self, conn: AsyncConnection, batches: list[_Batch]) -> list[None]:
+    async def _store_all(self, conn: AsyncConnection, batches: list[PendingMail]) -> list[None]:
         """Every pending message of the group commit: blobs, UIDs per folder, threads, rows, events."""
         await self._blobs.store_many(conn, [b.blob for b in batches])
         deliveries = [d for b in batches for d in b.deliveries]

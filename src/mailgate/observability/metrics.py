@@ -5,7 +5,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mailgate.observability.worker_metrics import WorkerMetrics
+
 REGISTRY = CollectorRegistry(auto_describe=True)
+# what /metrics shows: this process's registry plus the counts its worker processes report
+WORKERS = WorkerMetrics(REGISTRY)
+_EXPOSED = CollectorRegistry(auto_describe=False)
+_EXPOSED.register(WORKERS)  # a collector needs only collect()
 
 HTTP_REQUESTS = Counter(
     "mailgate_http_requests_total",
@@ -31,7 +37,7 @@ ROLE_UP = Gauge("mailgate_role_up", "1 while a role runs on this node.", ["role"
 
 
 def exposition() -> tuple[bytes, str]:
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(_EXPOSED), CONTENT_TYPE_LATEST
 
 
 DELIVERIES = Counter(

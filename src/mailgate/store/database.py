@@ -97,6 +97,11 @@ class Database:
         """Call ``callback`` after every commit that appended events (wakes long-polls at once)."""
         self._after_event_commit.append(callback)
 
+    def events_committed_elsewhere(self) -> None:
+        """Another process of this node committed events: the same wake-up as for one of ours."""
+        for callback in self._after_event_commit:
+            callback()
+
     @staticmethod
     def mark_events_written(conn: AsyncConnection) -> None:
         conn.info[_EVENTS_FLAG] = True

@@ -47,6 +47,7 @@ class GroupCommit:
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._bulk: dict[Bulk, list[tuple[Any, asyncio.Future[Any]]]] = {}
         self._committer: asyncio.Task[None] | None = None
+        self._committing: set[asyncio.Task[None]] = set()
 
     async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in a shared transaction; returns its result once that transaction is committed."""
@@ -69,15 +70,23 @@ class GroupCommit:
         return result
 
     async def _commit_all(self) -> None:
+        """Gather and commit until nothing is pending. The next transaction is begun as soon as the
+        previous one's statements are all written, while its COMMIT (the disk flush) is still running:
+        its own statements are built meanwhile, and on SQLite run the moment the write lock is free."""
+        loop = asyncio.get_running_loop()
         while self._pending or self._bulk:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             bulks = self._bulk
             self._bulk = {}
             batch.extend(_bulk_entry(bulk, entries) for bulk, entries in bulks.items())
-            await self._commit(batch)
+            written: asyncio.Future[None] = loop.create_future()
+            committing = asyncio.create_task(self._commit(batch, written))
+            self._committing.add(committing)
+            committing.add_done_callback(self._committing.discard)
+            await asyncio.wait({written, committing}, return_when=asyncio.FIRST_COMPLETED)
 
-    async def _commit(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+    async def _commit(self, batch: list[tuple[Work, asyncio.Future[Any]]], written: asyncio.Future[None]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             async with self._begin() as conn:
@@ -96,6 +105,7 @@ class GroupCommit:
                             outcomes.append((future, None, exc))
                         else:
                             outcomes.append((future, result, None))
+                written.set_result(None)
         except BaseException as exc:  # the commit failed: nobody's rows are stored
             for _, future in batch:
                 if not future.done():

@@ -123,13 +123,21 @@ class MxSMTP(ListenerSMTP):
 
 
 async def start_mx(
-    port: InboundPort, sock: socket.socket, *, tls_context: ssl.SSLContext | None, options: MxOptions
+    port: InboundPort,
+    sock: socket.socket,
+    *,
+    tls_context: ssl.SSLContext | None,
+    options: MxOptions,
+    limits: ConnectionLimits | None = None,
 ) -> asyncio.Server:
-    """Serve on an already bound socket; STARTTLS is offered when ``tls_context`` is given."""
+    """Serve on an already bound socket; STARTTLS is offered when ``tls_context`` is given. ``limits``
+    are the options' connection limits kept with other processes on the same socket; by default, this
+    process's own."""
     if options.require_tls and tls_context is None:
         raise ConfigurationError("the MX listener cannot require TLS without a certificate")
     handler = MxHandler(port, options)
-    limits = ConnectionLimits(per_ip=options.max_connections_per_ip, total=options.max_connections)
+    if limits is None:
+        limits = ConnectionLimits(per_ip=options.max_connections_per_ip, total=options.max_connections)
 
     def factory() -> MxSMTP:
         return MxSMTP(
