@@ -218,7 +218,8 @@ class ListenerSMTP(SMTP):
         assert self._data_deadline is not None, "only while DATA is being answered"
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
-        return await asyncio.wait_for(call, max(self._data_deadline - self.loop.time(), 0.0))
+        async with asyncio.timeout_at(self._data_deadline):  # no task of its own, unlike wait_for
+            return await call
 
 
 class ListenerHandler:
