@@ -48,6 +48,8 @@ _ENHANCED_FOR = {
     554: "5.7.0",  # refused for lack of security
     555: "5.5.4",  # MAIL/RCPT parameter not recognised
 }
+_END_OF_DATA = b"\r\n.\r\n"
+_DOT_LINE = b".\r\n"
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # controls, and the surrogates of undecodable bytes
 
 
@@ -206,11 +208,73 @@ class ListenerSMTP(SMTP):
         self._data_deadline = self.loop.time() + self.data_timeout
         self._reset_timeout(self.data_timeout)
         try:
-            await super().smtp_DATA(arg)
+            await self._data(arg)
         finally:
             self._data_deadline = None
         if self.transport is not None:
             self._reset_timeout()
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the message read in chunks up to the terminating ``CRLF.CRLF`` rather
+        than line by line: a coroutine step per line cost more than everything else the listener does
+        for a 50 KB message. Replies, limits and their order are aiosmtpd's: ``552`` for too much data
+        and ``500`` for a line over ``line_length_limit``, each only once the whole DATA is read."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, failure = await self._read_data()
+        except asyncio.CancelledError:  # the connection went away during DATA
+            self._writer.close()
+            raise
+        if failure is not None:
+            await self.push(failure)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
+    async def _read_data(self) -> tuple[bytes, str | None]:
+        """The message with its dots unstuffed (RFC 5321 4.5.2), or the reply refusing it.
+
+        Reads run up to each ``.CRLF``; the data has ended when that dot began a line, that is when
+        what was read ends with ``CRLF.CRLF``, counting the CRLF of the DATA command line before it."""
+        limit = self.data_size_limit
+        chunks: list[bytes] = []
+        size = 0
+        tail = b"\r\n"
+        while tail != _END_OF_DATA:
+            chunk = await self._data_chunk(_DOT_LINE)
+            size += len(chunk)
+            if not limit or size - len(_DOT_LINE) <= limit:
+                chunks.append(chunk)  # past the limit the rest is read to its end and dropped
+            tail = (tail + chunk[-len(_END_OF_DATA) :])[-len(_END_OF_DATA) :]
+        if limit and size - len(_DOT_LINE) > limit:  # aiosmtpd's count: every line but the lone dot
+            return b"", "552 Error: Too much mail data"
+        content = b"".join(chunks)[: -len(_DOT_LINE)]
+        longest = self.line_length_limit - 2  # CRLF excluded
+        if len(content) > longest and max(map(len, content.split(b"\r\n"))) > longest:
+            return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
+        if content.startswith(b"."):
+            content = content[1:]
+        return content.replace(b"\r\n.", b"\r\n"), None
+
+    async def _data_chunk(self, until: bytes) -> bytes:
+        """Up to and including ``until``, or as much as the stream's buffer holds short of it (the
+        reader's limit bounds one read, not the message)."""
+        try:
+            return await self._reader.readuntil(until)
+        except asyncio.LimitOverrunError as exc:
+            return await self._reader.readexactly(exc.consumed)
 
     async def within_data_deadline(self, call: Awaitable[T]) -> T:
         """Await a handler's ``call`` for what is left of the DATA phase, raising TimeoutError after. The
